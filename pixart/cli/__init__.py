@@ -1,0 +1,23 @@
+"""The ``pixart`` command. Each module under ``pixart.cli`` owns one group of commands and exposes
+``register(app)``; heavy imports (torch, diffusers, mlflow) stay inside the command bodies so that
+``pixart --help`` starts in well under a second."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(help="PixArt-Sigma weak-to-strong curriculum.", no_args_is_help=True, add_completion=False)
+
+# One entry per command module; order is the order of --help.
+_MODULES = ("config", "model", "data", "tracking", "eval")
+
+for _name in _MODULES:
+    try:
+        _module = importlib.import_module(f"pixart.cli.{_name}")
+    except ModuleNotFoundError as exc:  # a group still being written must not break the others
+        if exc.name != f"pixart.cli.{_name}":
+            raise
+        continue
+    _module.register(app)

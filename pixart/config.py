@@ -1,0 +1,262 @@
+"""Typed model of params.yaml: what is trained, at which scale.
+
+params.yaml holds named profiles (``tiny`` — the default CPU curriculum —, ``xl`` — the paper —,
+``smoke`` — the fewest steps, for tests). A profile may ``extends`` another and override any
+nested key; the merged result is validated as a whole. Every model forbids unknown keys, so a typo
+fails with its dotted path (``profiles.tiny.stages.base.stpes``) and the file name, before any
+stage writes anything.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_FILE = Path(__file__).resolve().parent.parent / "params.yaml"
+
+
+class ParamsError(ValueError):
+    """params.yaml is unreadable or invalid; the message names the file and the field path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GeneratorConfig(_Strict):
+    """The generated captioned dataset (tiny profiles)."""
+
+    n_images: int = Field(gt=0, description="Images in the training set.")
+    n_heldout: int = Field(ge=0, description="Held-out scenes whose prompts PixEval uses.")
+    seed: int = 0
+    max_objects: int = Field(2, ge=1, description="Objects per scene, 1..max_objects.")
+    low_quality_fraction: float = Field(
+        0.3, ge=0, le=1, description="Share of degraded images (blur, JPEG, noise): the non-aesthetic tier."
+    )
+    square_fraction: float = Field(0.5, ge=0, le=1, description="Share of square images; the rest are 0.25..4.")
+    raw_wrong_prob: float = Field(0.2, ge=0, le=1, description="Chance that a raw caption names a wrong colour.")
+    resolution_px: int = Field(gt=0, description="Render size (short side) of the stored images.")
+
+
+class DataConfig(_Strict):
+    source: Literal["generated", "folder"] = "generated"
+    path: Path | None = Field(None, description="An imported dataset folder (data_info.json) when source=folder.")
+    generator: GeneratorConfig | None = None
+
+    @model_validator(mode="after")
+    def _source_matches(self) -> DataConfig:
+        if self.source == "generated" and self.generator is None:
+            raise ValueError("source 'generated' needs a 'generator' section")
+        if self.source == "folder" and self.path is None:
+            raise ValueError("source 'folder' needs 'path'")
+        return self
+
+
+class VAEConfig(_Strict):
+    """A VAE: a local pretrained folder (xl) or a named tiny config trained by the curriculum."""
+
+    path: Path | None = Field(None, description="Local diffusers AutoencoderKL folder (xl).")
+    config: Literal["old", "new"] | None = Field(None, description="Tiny config to train from scratch.")
+    scaling_factor: float | None = Field(
+        None, gt=0, description="Latent scale; null for trained VAEs means 1/std of the training latents."
+    )
+    steps: int = Field(0, ge=0, description="Training steps for a tiny VAE.")
+    batch_size: int = Field(16, gt=0)
+    lr: float = Field(1e-3, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VAEConfig:
+        if (self.path is None) == (self.config is None):
+            raise ValueError("give exactly one of 'path' (pretrained) or 'config' (trained here)")
+        return self
+
+
+class TextEncoderConfig(_Strict):
+    path: Path | None = Field(None, description="Local T5EncoderModel + tokenizer folder (xl: T5-XXL).")
+    vocab_size: int = Field(512, gt=0, description="SentencePiece vocabulary trained on the captions (tiny).")
+
+
+class TrainDefaults(_Strict):
+    """Trainer settings shared by every stage of a profile."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["fp32", "bf16"] = "fp32"
+    optimizer: Literal["adamw", "came"] = "adamw"
+    weight_decay: float = Field(0.03, ge=0)
+    grad_clip: float = Field(0.01, gt=0, description="Paper: 0.01.")
+    grad_accum: int = Field(1, ge=1)
+    ema_decay: float = Field(0.9999, ge=0, lt=1)
+    caption_dropout: float = Field(0.1, ge=0, le=1, description="Paper: 10 % for classifier-free guidance.")
+    min_snr_gamma: float | None = Field(None, gt=0, description="Min-SNR loss weighting; null = paper's plain loss.")
+    grad_checkpointing: bool = False
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+    sample_every: int = Field(0, ge=0, description="Steps between sample grids logged to MLflow; 0 = at the end.")
+    save_every: int = Field(100, ge=1, description="Steps between resumable DeepSpeed checkpoints.")
+
+
+class DMDConfig(_Strict):
+    """Distribution matching distillation (one-step generator)."""
+
+    t_gen: int = Field(400, ge=1, le=999, description="Timestep of the one-step generator (paper: 400).")
+    real_cfg: float = Field(3.0, description="CFG of the frozen teacher's real score.")
+    pairs: int = Field(gt=0, description="Teacher noise -> image pairs for the regression loss.")
+    pair_steps: int = Field(20, gt=0)
+    pair_cfg: float = 4.5
+    regression_weight: float = Field(0.25, ge=0)
+    fake_lr: float | None = Field(None, gt=0, description="Fake-score lr; null = the stage's lr.")
+
+
+class StageConfig(_Strict):
+    """One row of the curriculum. Its name (the mapping key) is the DVC stage, MLflow alias,
+    Prefect task and output folder."""
+
+    kind: Literal["import", "train", "dmd"] = Field(
+        "train", description="import: take 'pretrained' weights as they are (xl base); train; dmd."
+    )
+    description: str = ""
+    init_from: str | None = Field(None, description="The weak input: an earlier stage; null = from scratch.")
+    pretrained: Path | None = Field(None, description="Official .pth to start from (xl base: PixArt-alpha).")
+    resolution: int = Field(gt=0, description="The paper's nominal resolution; pixels = resolution * pixel_scale.")
+    steps: int = Field(0, ge=0)
+    batch_size: int = Field(1, gt=0, description="Global batch size.")
+    lr: float = Field(1e-5, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    caption: Literal["raw", "dense"] = "dense"
+    max_tokens: int = Field(300, gt=0)
+    vae: str = Field(description="Name of an entry in the profile's 'vaes'.")
+    kv_compress_layers: list[int] = Field(default_factory=list, description="Blocks with KV token compression.")
+    multi_aspect: bool = Field(False, description="Aspect-ratio buckets instead of square crops.")
+    quality: Literal["all", "high"] = Field("all", description="'high' trains on the aesthetic tier only.")
+    num_gpus: int = Field(1, ge=1)
+    timeout_min: int = Field(60, gt=0)
+    images: int | None = Field(None, description="Paper's image count for this stage (reference).")
+    gpu_days: float | None = Field(None, description="Paper's compute for this stage (reference).")
+    dmd: DMDConfig | None = None
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> StageConfig:
+        if (self.kind == "dmd") != (self.dmd is not None):
+            raise ValueError("a 'dmd' section is required for kind 'dmd' and only allowed there")
+        if (self.kind == "import") != (self.steps == 0):
+            raise ValueError("'steps' must be > 0 for train and dmd stages, and absent for import")
+        if self.kind == "import" and self.pretrained is None:
+            raise ValueError("an import stage needs 'pretrained'")
+        if self.init_from is not None and self.pretrained is not None:
+            raise ValueError("'init_from' (a stage) and 'pretrained' (a file) are exclusive")
+        return self
+
+
+class PixEvalConfig(_Strict):
+    n_prompts: int = Field(gt=0, description="Held-out prompts (paper: 30K).")
+    seed: int = 0
+    steps: int = Field(20, gt=0)
+    cfg: float = 4.5
+    fid_backbone: Literal["efficientnet-lite0", "inception"] = "efficientnet-lite0"
+    inception_path: Path | None = None
+    clip_path: Path | None = None
+    judge_steps: int = Field(0, ge=0, description="Training steps of the alignment judge (generated data).")
+
+
+class Profile(_Strict):
+    description: str = ""
+    model: str = Field(description="Model spec: xl, tiny or debug.")
+    pixel_scale: float = Field(gt=0, le=1, description="Rendered pixels per nominal pixel (tiny: 1/8).")
+    bucket_quantum_px: int = Field(gt=0, description="Bucket sides are multiples of this (paper: 64 at 1024).")
+    data: DataConfig
+    vaes: dict[str, VAEConfig]
+    text_encoder: TextEncoderConfig
+    train: TrainDefaults
+    stages: dict[str, StageConfig]
+    pixeval: PixEvalConfig
+
+    @model_validator(mode="after")
+    def _curriculum_is_a_chain(self) -> Profile:
+        seen: list[str] = []
+        for name, stage in self.stages.items():
+            if stage.init_from is not None and stage.init_from not in seen:
+                raise ValueError(f"stages.{name}.init_from: '{stage.init_from}' is not an earlier stage")
+            if stage.vae not in self.vaes:
+                raise ValueError(f"stages.{name}.vae: '{stage.vae}' is not one of vaes {sorted(self.vaes)}")
+            seen.append(name)
+        gen = self.data.generator
+        if self.data.source == "generated" and gen is not None:
+            top = max((self.pixels(s) for s in self.stages.values()), default=0)
+            if gen.resolution_px < top:
+                raise ValueError(
+                    f"data.generator.resolution_px: {gen.resolution_px} px is below the largest stage "
+                    f"({top} px); stages must never train on upsampled pixels"
+                )
+        return self
+
+    def pixels(self, stage: StageConfig) -> int:
+        return round(stage.resolution * self.pixel_scale)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _resolve(raw_profiles: dict[str, Any], name: str, file: Path, chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    if name not in raw_profiles:
+        raise ParamsError(f"{file}: profiles: no profile '{name}' (have {sorted(raw_profiles)})")
+    if name in chain:
+        raise ParamsError(f"{file}: profiles.{name}.extends: cycle {' -> '.join((*chain, name))}")
+    raw = raw_profiles[name]
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{file}: profiles.{name}: expected a mapping")
+    raw = dict(raw)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    return _deep_merge(_resolve(raw_profiles, parent, file, (*chain, name)), raw)
+
+
+def _format(error: ValidationError, prefix: str, file: Path) -> str:
+    lines = [f"{file}: invalid parameters"]
+    for err in error.errors():
+        path = ".".join(str(p) for p in (prefix, *err["loc"]))
+        lines.append(f"  {path}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def read_raw(file: Path = PARAMS_FILE) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(Path(file).read_text())
+    except FileNotFoundError as exc:
+        raise ParamsError(f"{file}: no such file") from exc
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{file}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("profiles"), dict):
+        raise ParamsError(f"{file}: expected a mapping with 'profile' and 'profiles'")
+    unknown = set(raw) - {"profile", "profiles"}
+    if unknown:
+        raise ParamsError(f"{file}: unknown top-level keys {sorted(unknown)}")
+    return raw
+
+
+def load_profile(name: str | None = None, file: Path = PARAMS_FILE) -> tuple[str, Profile]:
+    """The named profile (default: params.yaml's ``profile``), merged and validated."""
+    raw = read_raw(file)
+    name = name or raw.get("profile") or "tiny"
+    merged = _resolve(raw["profiles"], name, Path(file))
+    try:
+        return name, Profile.model_validate(merged)
+    except ValidationError as exc:
+        raise ParamsError(_format(exc, f"profiles.{name}", Path(file))) from None
+
+
+def load_all(file: Path = PARAMS_FILE) -> dict[str, Profile]:
+    """Every profile, validated: a typo anywhere fails, not only in the active profile."""
+    raw = read_raw(file)
+    return {name: load_profile(name, file)[1] for name in raw["profiles"]}

@@ -1,0 +1,81 @@
+"""Where things run: the runtime environment, read from ``PIXART_*`` variables and an optional ``.env``.
+
+What is trained lives in params.yaml (see ``pixart.config``); this module only says where the
+services, folders and devices are. Secrets are ``SecretStr``: they print as ``**********`` and
+``public_dict`` never exposes them, so nothing here can leak a secret into MLflow or a log.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PIXART_", env_file=".env", extra="ignore")
+
+    root: Path = Field(ROOT, description="Project root; relative paths below resolve against it.")
+    tracking_uri: str = Field(
+        "",
+        description="MLflow tracking URI; empty means the embedded SQLite file mlflow.db at the root.",
+    )
+    artifact_location: str = Field(
+        "", description="Artifact root for new MLflow experiments; empty means ./mlartifacts."
+    )
+    experiment: str = Field("pixart-curriculum", description="MLflow experiment of the curriculum.")
+    registered_model: str = Field("pixart-sigma", description="Registered model that holds every stage.")
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, moto) for artifacts and DVC.")
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    data_dir: Path = Path("data")
+    outputs_dir: Path = Path("outputs")
+    metrics_dir: Path = Path("metrics")
+    cache_dir: Path = Path(".cache")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    launcher: Literal["none", "deepspeed", "torchrun"] = Field(
+        "none", description="How trainers start: in-process (none) or under a multi-process launcher."
+    )
+    num_gpus: int = Field(1, ge=1, description="Processes per node under a launcher.")
+    num_nodes: int = Field(1, ge=1)
+    hostfile: Path | None = None
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+    def path(self, p: Path) -> Path:
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def resolved_artifact_location(self) -> str:
+        return self.artifact_location or (self.root / "mlartifacts").as_uri()
+
+    @property
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def public_dict(self) -> dict[str, object]:
+        """All settings with secrets masked; safe to print or log."""
+        out: dict[str, object] = {}
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                value = "**********"
+            out[name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,92 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pixart.cli import app
+from pixart.config import PARAMS_FILE, ParamsError, load_all, load_profile
+
+PAPER_STAGES = ["base", "vae-adapt", "align", "aes-512", "aes-1024", "kv-1024", "aes-2k", "kv-2k",
+                "aes-4k", "kv-4k", "dmd"]
+
+
+def _write(tmp_path: Path, mutate) -> Path:
+    raw = yaml.safe_load(PARAMS_FILE.read_text())
+    mutate(raw)
+    out = tmp_path / "params.yaml"
+    out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return out
+
+
+def test_every_profile_in_params_yaml_validates():
+    profiles = load_all()
+    assert {"tiny", "xl", "smoke"} <= set(profiles)
+    assert list(profiles["xl"].stages) == PAPER_STAGES
+
+
+def test_xl_holds_the_paper_stage_table():
+    _, xl = load_profile("xl")
+    s = xl.stages
+    assert (s["vae-adapt"].steps, s["vae-adapt"].batch_size, s["vae-adapt"].lr) == (8000, 1024, 2e-5)
+    assert (s["aes-1024"].resolution, s["aes-1024"].batch_size, s["aes-1024"].lr) == (1024, 384, 1e-5)
+    assert s["kv-1024"].kv_compress_layers == list(range(14, 28))
+    assert s["align"].max_tokens == 300 and s["base"].max_tokens == 120
+    assert xl.vaes["sdxl"].scaling_factor == 0.13025
+
+
+def test_typo_in_a_stage_key_names_the_field_and_file(tmp_path):
+    bad = _write(tmp_path, lambda raw: raw["profiles"]["tiny"]["stages"]["align"].update(stpes=3))
+    with pytest.raises(ParamsError) as err:
+        load_profile("tiny", bad)
+    assert "profiles.tiny.stages.align.stpes" in str(err.value)
+    assert str(bad) in str(err.value)
+
+
+def test_typo_in_an_extending_profile_is_caught_too(tmp_path):
+    bad = _write(tmp_path, lambda raw: raw["profiles"]["smoke"]["stages"]["base"].update(lr_rate=1))
+    with pytest.raises(ParamsError, match=r"profiles\.smoke\.stages\.base\.lr_rate"):
+        load_profile("smoke", bad)
+
+
+def test_weak_input_must_be_an_earlier_stage(tmp_path):
+    bad = _write(tmp_path, lambda raw: raw["profiles"]["tiny"]["stages"]["base"].update(init_from="align"))
+    with pytest.raises(ParamsError, match=r"stages\.base\.init_from"):
+        load_profile("tiny", bad)
+
+
+def test_smoke_extends_tiny_and_overrides_only_what_it_names():
+    _, tiny = load_profile("tiny")
+    _, smoke = load_profile("smoke")
+    assert smoke.stages["align"].steps == 2
+    assert smoke.stages["align"].caption == tiny.stages["align"].caption == "dense"
+    assert list(smoke.stages) == list(tiny.stages)
+
+
+def test_generated_data_must_cover_the_largest_stage(tmp_path):
+    bad = _write(tmp_path, lambda raw: raw["profiles"]["tiny"]["data"]["generator"].update(resolution_px=64))
+    with pytest.raises(ParamsError, match="upsampled"):
+        load_profile("tiny", bad)
+
+
+def test_cli_config_show_prints_every_xl_stage():
+    result = CliRunner().invoke(app, ["config", "show", "--profile", "xl"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for stage in PAPER_STAGES:
+        assert stage in result.output
+    assert "80000" in result.output
+
+
+def test_cli_config_show_reports_a_bad_file_with_exit_2(tmp_path):
+    bad = _write(tmp_path, lambda raw: raw["profiles"]["tiny"]["stages"]["base"].update(stpes=1))
+    result = CliRunner().invoke(app, ["config", "show", "--params", str(bad)])
+    assert result.exit_code == 2
+    assert "stages.base.stpes" in result.output
+
+
+def test_settings_never_print_secrets(monkeypatch):
+    monkeypatch.setenv("PIXART_AWS_SECRET_ACCESS_KEY", "hunter2-secret")
+    result = CliRunner().invoke(app, ["settings", "show"], terminal_width=200)
+    assert result.exit_code == 0
+    assert "hunter2-secret" not in result.output
+    assert "**********" in result.output
