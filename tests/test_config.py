@@ -32,7 +32,7 @@ def test_xl_holds_the_paper_stage_table():
     assert (s["aes-1024"].resolution, s["aes-1024"].batch_size, s["aes-1024"].lr) == (1024, 384, 1e-5)
     assert s["kv-1024"].kv_compress_layers == list(range(14, 28))
     assert s["align"].max_tokens == 300 and s["base"].max_tokens == 120
-    assert xl.vaes["sdxl"].scaling_factor == 0.13025
+    assert xl.vaes["new"].scaling_factor == 0.13025
 
 
 def test_typo_in_a_stage_key_names_the_field_and_file(tmp_path):

@@ -1,0 +1,69 @@
+"""Where every stage reads and writes: one place, so dvc.yaml, the stage entry points and the
+Prefect flow agree. Folder names are stage names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pixart.config import Profile, StageConfig
+from pixart.settings import Settings
+
+
+def feature_key(stage: StageConfig) -> tuple:
+    """What a stage's feature cache depends on among its params."""
+    return (stage.vae, stage.resolution, stage.caption, stage.max_tokens, stage.multi_aspect, stage.quality)
+
+
+def feature_set(profile: Profile, stage_name: str) -> str:
+    """The feature cache a stage reads: named after the first stage with the same feature key, so
+    that e.g. kv-1024 reads aes-1024's latents instead of encoding them again."""
+    key = feature_key(profile.stages[stage_name])
+    return next(name for name, s in profile.stages.items() if s.kind != "import" and feature_key(s) == key)
+
+
+@dataclass(frozen=True)
+class CurriculumPaths:
+    settings: Settings
+
+    @property
+    def data(self) -> Path:
+        return self.settings.path(self.settings.data_dir)
+
+    @property
+    def train_data(self) -> Path:
+        return self.data / "train"
+
+    def train_dataset(self, profile: Profile) -> Path:
+        """The generated training set, or the imported folder named in params."""
+        if profile.data.source == "folder":
+            return self.settings.path(profile.data.path)
+        return self.train_data
+
+    @property
+    def heldout_data(self) -> Path:
+        return self.data / "heldout"
+
+    @property
+    def outputs(self) -> Path:
+        return self.settings.path(self.settings.outputs_dir)
+
+    @property
+    def text_encoder(self) -> Path:
+        return self.outputs / "text-encoder"
+
+    def vae(self, name: str) -> Path:
+        return self.outputs / f"vae-{name}"
+
+    def features(self, feature_set_name: str) -> Path:
+        return self.settings.path(Path("features")) / feature_set_name
+
+    def stage(self, name: str) -> Path:
+        return self.outputs / name
+
+    def state(self, name: str) -> Path:
+        return self.settings.path(self.settings.cache_dir) / "checkpoints" / name
+
+    @property
+    def metrics(self) -> Path:
+        return self.settings.path(self.settings.metrics_dir)

@@ -1,0 +1,78 @@
+"""Resumable training state of one stage, separate from the stage's exported checkpoint.
+
+``resume`` continues *this* stage from its own last DeepSpeed checkpoint (optimizer, LR schedule,
+EMA, sampler position, RNG); ``init_from`` starts a stage from its weak input's exported weights
+with a fresh optimizer. The state lives under ``<cache>/checkpoints/<stage>/<key>``, where the key
+hashes everything that defines the run, so a changed config never resumes a stale run, and it lives
+outside DVC's outs, which DVC deletes before re-running a stage.
+
+``latest.json`` is our pointer (k-diffusion style), written atomically after every rank finished
+saving: a kill during a save leaves the previous pointer, whose files are complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pixart import atomic
+from pixart.train import distributed
+
+KEEP = 2
+
+
+def run_key(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class ResumableState:
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+        self.pointer = self.dir / "latest.json"
+
+    def latest(self) -> tuple[str, int] | None:
+        if not self.pointer.exists():
+            return None
+        info = json.loads(self.pointer.read_text())
+        return info["tag"], info["step"]
+
+    def save(self, engine, step: int, ema, extra: dict[str, Any]) -> None:
+        tag = f"step-{step:08d}"
+        engine.save_checkpoint(str(self.dir), tag=tag, client_state={"step": step, **extra}, save_latest=False)
+        if distributed.is_main():
+            save_file({k: v.contiguous() for k, v in ema.shadow.items()}, self.dir / tag / "ema.safetensors",
+                      metadata={"updates": str(ema.updates), "decay": str(ema.decay)})
+        distributed.barrier()
+        if distributed.is_main():
+            atomic.write_json(self.pointer, {"tag": tag, "step": step})
+            tags = sorted(p.name for p in self.dir.glob("step-*") if p.is_dir())
+            for old in tags[:-KEEP]:
+                shutil.rmtree(self.dir / old, ignore_errors=True)
+        distributed.barrier()
+
+    def load(self, engine, ema) -> dict[str, Any] | None:
+        """Restore engine (model, optimizer, LR schedule) and EMA; return the client state."""
+        latest = self.latest()
+        if latest is None:
+            return None
+        tag, _ = latest
+        _, client = engine.load_checkpoint(str(self.dir), tag=tag, load_optimizer_states=True,
+                                           load_lr_scheduler_states=True)
+        shadow = load_file(self.dir / tag / "ema.safetensors")
+        ema.load_state_dict({"decay": ema.decay, "updates": client["ema_updates"], "shadow": shadow})
+        return client
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    return {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(generator: torch.Generator, state: dict[str, Any]) -> None:
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])

@@ -1,0 +1,36 @@
+"""Exponential moving average of the trained weights; the EMA is what a stage exports."""
+
+from __future__ import annotations
+
+import torch
+
+
+class EMA:
+    """EMA with the usual warm-up ``min(decay, (1 + n) / (10 + n))``: a short stage is not dominated
+    by its weak input's weights, a long one converges to ``decay``."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
+
+    def state_dict(self) -> dict[str, object]:
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = state["decay"]
+        self.updates = state["updates"]
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}

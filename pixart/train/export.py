@@ -1,0 +1,82 @@
+"""A finished stage: a complete diffusers pipeline folder plus ``stage.json``, registered in MLflow.
+
+The folder appears in one rename (nothing half-written is ever the stage's output). The transformer
+is written by diffusers' ``save_pretrained``; the frozen components are hard-linked from their
+source folders; ``model_index.json`` names our transformer class so that
+``PixArtSigmaPipeline.from_pretrained`` rebuilds KV compression.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import diffusers
+
+from pixart import atomic, tracking
+from pixart.diffusion.schedule import dpm_solver_scheduler
+from pixart.models.transformer import PixArtSigmaTransformer
+from pixart.train.components import link_tree
+
+if TYPE_CHECKING:
+    from pixart.train.trainer import StageJob
+
+STAGE_FILE = "stage.json"
+
+
+def model_index() -> dict[str, Any]:
+    return {
+        "_class_name": "PixArtSigmaPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "scheduler": ["diffusers", "DPMSolverMultistepScheduler"],
+        "text_encoder": ["transformers", "T5EncoderModel"],
+        "tokenizer": ["transformers", "T5TokenizerFast"],
+        "transformer": [PixArtSigmaTransformer.__module__, PixArtSigmaTransformer.__name__],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+
+
+def write_pipeline(out_dir: Path, transformer: PixArtSigmaTransformer, job: StageJob, info: dict[str, Any]) -> None:
+    with atomic.folder(out_dir) as tmp:
+        transformer.save_pretrained(tmp / "transformer", safe_serialization=True)
+        dpm_solver_scheduler().save_pretrained(tmp / "scheduler")
+        link_tree(job.components.vae, tmp / "vae")
+        link_tree(job.components.text_encoder / "text_encoder", tmp / "text_encoder")
+        link_tree(job.components.text_encoder / "tokenizer", tmp / "tokenizer")
+        atomic.write_json(tmp / "model_index.json", model_index())
+        atomic.write_json(tmp / STAGE_FILE, info)
+
+
+def read_stage_info(stage_dir: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads((Path(stage_dir) / STAGE_FILE).read_text())
+
+
+def export_stage(job: StageJob, transformer: PixArtSigmaTransformer, run: tracking.StageRun) -> Path:
+    """Write the stage folder, register it as a version of the registered model with the stage's
+    alias, and record the version in ``stage.json``."""
+    from pixart.train import distributed
+
+    if not distributed.is_main():
+        distributed.barrier()
+        return job.out_dir
+    parent = read_stage_info(job.weak_input) if job.weak_input else None
+    info: dict[str, Any] = {
+        "stage": job.name,
+        "parent": job.stage.init_from,
+        # a weak input downloaded from the registry carries no version in its stage.json: its alias does
+        "parent_version": (parent.get("model_version") or job.stage.init_from) if parent else None,
+        "profile": job.profile_name,
+        "config": job.stage.model_dump(mode="json"),
+        "step": job.stage.steps,
+        "data_version": job.data_version,
+        "mlflow_run_id": run.run_id,
+    }
+    write_pipeline(job.out_dir, transformer, job, info)
+    version = tracking.register_checkpoint(
+        run, job.out_dir, stage=job.name, weak_input_version=info["parent_version"], data_version=job.data_version
+    )
+    atomic.write_json(job.out_dir / STAGE_FILE, {**info, "model_version": version})
+    distributed.barrier()
+    return job.out_dir

@@ -1,0 +1,33 @@
+"""text-encoder: the text encoder and tokenizer every stage's pipeline carries.
+
+tiny: a SentencePiece tokenizer trained once on the training captions (raw and dense) and a tiny T5
+of the model spec's shape; xl: the local T5-XXL folder, hard-linked into place.
+"""
+
+from pixart import atomic
+from pixart.data.format import load_dataset
+from pixart.models.builders import build_text_encoder, train_tokenizer
+from pixart.models.specs import get_spec
+from pixart.train.components import link_tree
+from stages.common import parse
+
+
+def main() -> None:
+    ctx = parse(__doc__)
+    out = ctx.paths.text_encoder
+    source = ctx.profile.text_encoder.path
+    with atomic.folder(out) as tmp:
+        if source is not None:
+            link_tree(ctx.settings.path(source), tmp)
+        else:
+            entries = load_dataset(ctx.paths.train_dataset(ctx.profile))
+            captions = [c for e in entries for c in (e.prompt, e.sharegpt4v) if c]
+            tokenizer = train_tokenizer(captions, tmp / "tokenizer", ctx.profile.text_encoder.vocab_size)
+            encoder = build_text_encoder(get_spec(ctx.profile.model), vocab_size=len(tokenizer),
+                                         seed=ctx.profile.train.seed)
+            encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+    print(f"text-encoder -> {out}")
+
+
+if __name__ == "__main__":
+    main()

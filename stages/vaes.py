@@ -1,0 +1,27 @@
+"""vaes: the profile's old and new VAE. tiny trains both here (one process); xl links its local
+pretrained folders into place."""
+
+from pixart import atomic, tracking
+from pixart.train.components import link_tree
+from pixart.train.vae import train_vae
+from stages.common import parse
+
+
+def main() -> None:
+    ctx = parse(__doc__)
+    for name, cfg in ctx.profile.vaes.items():
+        out = ctx.paths.vae(name)
+        if cfg.path is not None:
+            with atomic.folder(out) as tmp:
+                link_tree(ctx.settings.path(cfg.path), tmp)
+            continue
+        sizes = sorted({ctx.profile.pixels(s) for s in ctx.profile.stages.values() if s.vae == name})
+        tracking.configure(ctx.settings)
+        params = {"profile": ctx.profile_name, "vae": cfg.model_dump(mode="json"), "sizes": sizes}
+        with tracking.stage_run(f"vae-{name}", params) as run:
+            mse = train_vae(name, cfg, ctx.profile.train, ctx.paths.train_dataset(ctx.profile), sizes, out, run)
+        print(f"vae-{name}: reconstruction MSE {mse:.4f} -> {out}")
+
+
+if __name__ == "__main__":
+    main()
