@@ -1,0 +1,106 @@
+"""The feature cache: keyed by content hashes, recomputed exactly when an input changes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from transformers import T5Config, T5EncoderModel
+
+from pixart.data.buckets import AspectRatioBatchSampler, aspect_ratio_buckets
+from pixart.data.features import FeatureCache, build_feature_cache, load_pixels, weights_hash
+from pixart.data.format import load_dataset
+from pixart.data.generate import generate_dataset
+from pixart.data.scenes import SceneSpec
+from pixart.models.builders import encode_captions, train_tokenizer
+
+VAE_CONFIG = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "down_block_types": ["DownEncoderBlock2D"] * 3,
+    "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "block_out_channels": [8, 16, 16],
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("features")
+    spec = SceneSpec(square_fraction=0.4)
+    generate_dataset(root / "data", n=24, seed=0, resolution_px=32, spec=spec)
+    captions = [c for e in load_dataset(root / "data") for c in (e.prompt, e.sharegpt4v)]
+    tokenizer = train_tokenizer(captions * 4, root / "tok", vocab_size=128)
+    torch.manual_seed(0)
+    vae = AutoencoderKL.from_config(VAE_CONFIG).eval()
+    config = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+    text_encoder = T5EncoderModel(config).eval()
+    return root, vae, text_encoder, tokenizer
+
+
+def _build(root, vae, text_encoder, tokenizer, **overrides):
+    kwargs = {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "resolution_px": 16,
+              "caption_kind": "dense", "max_tokens": 120, "batch_size": 5}
+    return build_feature_cache(root / "data", root / "cache", **{**kwargs, **overrides})
+
+
+def test_cache_recomputes_when_the_vae_changes_and_not_otherwise(parts):
+    root, vae, text_encoder, tokenizer = parts
+    cache = _build(root, vae, text_encoder, tokenizer)
+    index = cache / "index.json"
+    first = index.stat().st_mtime_ns, FeatureCache(cache).key
+
+    _build(root, vae, text_encoder, tokenizer)  # same inputs: untouched
+    assert (index.stat().st_mtime_ns, FeatureCache(cache).key) == first
+
+    changed = AutoencoderKL.from_config(VAE_CONFIG).eval()
+    with torch.no_grad():
+        changed.load_state_dict(vae.state_dict())
+        changed.encoder.conv_in.bias += 0.1
+    assert weights_hash(changed) != weights_hash(vae)
+    _build(root, changed, text_encoder, tokenizer)
+    assert FeatureCache(cache).key != first[1]
+    item = FeatureCache(cache)[0]
+    with torch.no_grad():
+        expect = changed.encode(load_pixels(root / "data" / load_dataset(root / "data")[item["index"]].path, 16, 16)[None])
+    torch.testing.assert_close(item["latent_mean"], expect.latent_dist.mean[0])
+
+    _build(root, changed, text_encoder, tokenizer, caption_kind="raw")  # any other input recomputes too
+    assert FeatureCache(cache).components["caption_kind"] == "raw"
+
+
+def test_cached_features_equal_on_the_fly_encoding(parts):
+    root, vae, text_encoder, tokenizer = parts
+    cache = FeatureCache(build_feature_cache(root / "data", root / "hq", vae=vae, text_encoder=text_encoder,
+                                             tokenizer=tokenizer, resolution_px=16, caption_kind="dense",
+                                             max_tokens=120, quality="high", batch_size=4))
+    entries = load_dataset(root / "data")
+    assert sorted(it["index"] for it in cache.items) == [i for i, e in enumerate(entries) if e.quality == "high"]
+    batch = FeatureCache.collate([cache[i] for i in range(3)])
+    captions = [entries[int(i)].sharegpt4v for i in batch["index"]]
+    text, mask = encode_captions(text_encoder, tokenizer, captions, 120)
+    longest = int(mask.sum(1).max())
+    assert batch["text"].shape[1] == longest < 120  # stored trimmed, padded to the batch's longest
+    torch.testing.assert_close(batch["mask"], mask[:, :longest].long())
+    torch.testing.assert_close(batch["text"] * batch["mask"][..., None], text[:, :longest] * mask[:, :longest, None])
+    assert batch["latent_mean"].shape == (3, 4, 4, 4) and (batch["latent_std"] > 0).all()
+    padded = FeatureCache(cache.dir, pad_to=120)[0]
+    assert padded["text"].shape == (120, 16) and padded["mask"].shape == (120,)
+
+
+def test_bucketed_cache_feeds_the_single_ratio_sampler(parts):
+    root, vae, text_encoder, tokenizer = parts
+    buckets = aspect_ratio_buckets(32, 16)
+    cache = FeatureCache(build_feature_cache(root / "data", root / "ms", vae=vae, text_encoder=text_encoder,
+                                             tokenizer=tokenizer, resolution_px=32, caption_kind="raw",
+                                             max_tokens=120, buckets=buckets, batch_size=8))
+    assert len(set(cache.ratios)) > 1
+    sampler = AspectRatioBatchSampler(cache.ratios, batch_size=2, seed=0)
+    for indices in sampler:
+        batch = FeatureCache.collate([cache[i] for i in indices])
+        h, w = buckets[cache.ratios[indices[0]]]
+        assert batch["latent_mean"].shape[-2:] == (h // 4, w // 4)
+    with pytest.raises(ValueError, match="share one size"):
+        FeatureCache.collate([cache[i] for i in range(len(cache))])
