@@ -11,7 +11,7 @@ import typer
 app = typer.Typer(help="PixArt-Sigma weak-to-strong curriculum.", no_args_is_help=True, add_completion=False)
 
 # One entry per command module; order is the order of --help.
-_MODULES = ("config", "model", "data", "tracking", "eval")
+_MODULES = ("config", "model", "data", "train", "tracking", "eval")
 
 for _name in _MODULES:
     try:

@@ -1,0 +1,5 @@
+"""`python -m pixart` is the `pixart` command."""
+
+from pixart.cli import app
+
+app()
