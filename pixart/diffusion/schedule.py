@@ -1,0 +1,73 @@
+"""The noise schedule of PixArt: linear beta from 1e-4 to 0.02 over 1000 steps, as in DDPM.
+
+The training losses use the tensors below; the diffusers schedulers used for sampling are configured with
+the same schedule, so that a model trained here samples correctly from a saved pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
+NUM_TRAIN_TIMESTEPS = 1000
+BETA_START = 1e-4
+BETA_END = 0.02
+
+_SCHEDULE_CONFIG = {
+    "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
+    "beta_start": BETA_START,
+    "beta_end": BETA_END,
+    "beta_schedule": "linear",
+    "prediction_type": "epsilon",
+}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Per-timestep quantities of the diffusion process, float64 for the VB term's logs."""
+
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    alphas_cumprod_prev: torch.Tensor
+    posterior_variance: torch.Tensor
+    # log beta_tilde with t = 0 clipped to t = 1 (beta_tilde_0 = 0), as improved DDPM
+    posterior_log_variance_clipped: torch.Tensor
+    posterior_mean_coef1: torch.Tensor
+    posterior_mean_coef2: torch.Tensor
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.betas.shape[0]
+
+
+def linear_schedule(
+    num_timesteps: int = NUM_TRAIN_TIMESTEPS, beta_start: float = BETA_START, beta_end: float = BETA_END
+) -> Schedule:
+    """The schedule with linearly spaced betas."""
+    betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+    posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+    return Schedule(
+        betas=betas,
+        alphas_cumprod=alphas_cumprod,
+        alphas_cumprod_prev=alphas_cumprod_prev,
+        posterior_variance=posterior_variance,
+        posterior_log_variance_clipped=torch.log(
+            torch.cat([posterior_variance[1:2], posterior_variance[1:]])
+        ),
+        posterior_mean_coef1=betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
+        posterior_mean_coef2=(1.0 - alphas_cumprod_prev) * (1.0 - betas).sqrt() / (1.0 - alphas_cumprod),
+    )
+
+
+def ddpm_scheduler() -> DDPMScheduler:
+    """diffusers' DDPM scheduler on this schedule (its ``add_noise`` is the forward process)."""
+    return DDPMScheduler(**_SCHEDULE_CONFIG, clip_sample=False)
+
+
+def dpm_solver_scheduler() -> DPMSolverMultistepScheduler:
+    """DPM-Solver++ (2nd order, multistep) on this schedule: the paper's 20-step sampler."""
+    return DPMSolverMultistepScheduler(**_SCHEDULE_CONFIG, algorithm_type="dpmsolver++", solver_order=2)

@@ -1,0 +1,166 @@
+"""Builders for the frozen parts around the transformer: VAE, T5 text encoder, tokenizer, null caption.
+
+xl loads pretrained weights from local paths (SDXL VAE, T5-XXL). tiny / debug build small random
+models from configs, seeded, because no such weights exist offline; the tokenizer of tiny is a
+SentencePiece unigram model trained once on the dataset's captions and saved.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL
+from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+
+from pixart import atomic
+from pixart.models.specs import ModelSpec
+
+_TINY_VAE_BASE: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    # three blocks, the last without downsampling: latents are 1/4 of the image side
+    "down_block_types": ["DownEncoderBlock2D"] * 3,
+    "up_block_types": ["UpDecoderBlock2D"] * 3,
+    # narrow blocks: a 2-core CPU encodes the 2K stage's 256 px images at ~0.3 s each
+    "norm_num_groups": 8,
+    "sample_size": 256,
+}
+
+# Stand-ins for the paper's VAE swap: "old" plays the SD1.5 VAE, "new" the wider SDXL VAE. The scaling
+# factors are the paper's (0.18215 -> 0.13025); a random tiny VAE's latent std differs, so a profile
+# may override ``scaling_factor``.
+TINY_VAE_CONFIGS: dict[str, dict[str, Any]] = {
+    "old": {
+        **_TINY_VAE_BASE,
+        "block_out_channels": [32, 64, 64],
+        "layers_per_block": 1,
+        "scaling_factor": 0.18215,
+    },
+    "new": {
+        **_TINY_VAE_BASE,
+        "block_out_channels": [32, 64, 128],
+        "layers_per_block": 2,
+        "scaling_factor": 0.13025,
+    },
+}
+
+
+def build_vae(path_or_config: str | Path | dict[str, Any], *, seed: int = 0) -> AutoencoderKL:
+    """AutoencoderKL from a local diffusers folder, or a seeded random one from a config dict
+    (e.g. ``TINY_VAE_CONFIGS["new"]``). Its ``config.scaling_factor`` travels with it."""
+    if isinstance(path_or_config, dict):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return AutoencoderKL.from_config(path_or_config)
+    path = Path(path_or_config)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"VAE folder {path} has no config.json")
+    return AutoencoderKL.from_pretrained(path)
+
+
+def build_text_encoder(
+    path_or_spec: str | Path | ModelSpec, *, vocab_size: int | None = None, seed: int = 0
+) -> T5EncoderModel:
+    """T5EncoderModel from a local folder (xl: T5-XXL), or a seeded random tiny T5 from a spec's
+    ``text_encoder`` shape, with ``vocab_size`` = ``len(tokenizer)``."""
+    if isinstance(path_or_spec, ModelSpec):
+        shape = path_or_spec.text_encoder
+        if shape is None:
+            raise ValueError(
+                f"spec {path_or_spec.name!r} has no text-encoder shape: load T5 from a local path"
+            )
+        if vocab_size is None:
+            raise ValueError("vocab_size is required to build a tiny T5 (use len(tokenizer))")
+        config = T5Config(
+            vocab_size=vocab_size,
+            d_model=shape.d_model,
+            d_kv=shape.d_kv,
+            d_ff=shape.d_ff,
+            num_layers=shape.num_layers,
+            num_heads=shape.num_heads,
+            feed_forward_proj="gated-gelu",  # as T5 v1.1 / T5-XXL
+            dropout_rate=0.0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return T5EncoderModel(config).eval()
+    path = Path(path_or_spec)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"text-encoder folder {path} has no config.json")
+    return T5EncoderModel.from_pretrained(path).eval()
+
+
+def train_tokenizer(captions: Sequence[str], out_dir: str | Path, vocab_size: int) -> T5TokenizerFast:
+    """Train a SentencePiece unigram model on ``captions`` and save it as a T5 tokenizer in ``out_dir``.
+
+    Train once and keep the folder: retraining on the same text can assign different ids.
+    """
+    import sentencepiece
+
+    if not captions:
+        raise ValueError("train_tokenizer: no captions")
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(captions),
+        model_writer=model,
+        model_type="unigram",
+        vocab_size=vocab_size,
+        # T5's layout: <pad>=0, </s>=1, <unk>=2, no BOS
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        hard_vocab_limit=False,
+        num_threads=1,
+        minloglevel=2,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "spiece.model").write_bytes(model.getvalue())
+        tokenizer = T5TokenizerFast.from_pretrained(tmp, extra_ids=0)
+    with atomic.folder(Path(out_dir)) as folder:
+        tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def load_tokenizer(path: str | Path) -> T5TokenizerFast:
+    """A saved T5 tokenizer folder (trained by ``train_tokenizer`` or T5-XXL's)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"tokenizer folder {path} does not exist")
+    return T5TokenizerFast.from_pretrained(path)
+
+
+@torch.no_grad()
+def encode_captions(
+    text_encoder: T5EncoderModel, tokenizer: T5TokenizerFast, captions: Sequence[str], max_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """T5 features (B, max_tokens, C) and attention mask (B, max_tokens), tokenised as the
+    PixArtSigmaPipeline does (pad to ``max_tokens``, truncate, EOS appended)."""
+    tokens = tokenizer(
+        list(captions),
+        padding="max_length",
+        max_length=max_tokens,
+        truncation=True,
+        add_special_tokens=True,
+        return_tensors="pt",
+    )
+    device = text_encoder.device
+    mask = tokens.attention_mask.to(device)
+    features = text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+    return features, mask
+
+
+def null_caption_embedding(
+    text_encoder: T5EncoderModel, tokenizer: T5TokenizerFast, max_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The empty caption's T5 features and mask, (1, max_tokens, C) and (1, max_tokens): the target of
+    caption dropout and the sampler's negative prompt (remade when captions grow from 120 to 300)."""
+    return encode_captions(text_encoder, tokenizer, [""], max_tokens)
