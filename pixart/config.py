@@ -134,7 +134,8 @@ class StageConfig(_Strict):
     quality: Literal["all", "high"] = Field("all", description="'high' trains on the aesthetic tier only.")
     num_gpus: int = Field(1, ge=1)
     timeout_min: int = Field(60, gt=0)
-    images: int | None = Field(None, description="Paper's image count for this stage (reference).")
+    images: int | None = Field(None, gt=0, description="Images this stage trains on (the first of its "
+                               "selection); null = all. xl: the paper's count.")
     gpu_days: float | None = Field(None, description="Paper's compute for this stage (reference).")
     dmd: DMDConfig | None = None
 

@@ -12,12 +12,16 @@ from pixart.settings import Settings
 
 def feature_key(stage: StageConfig) -> tuple:
     """What a stage's feature cache depends on among its params."""
-    return (stage.vae, stage.resolution, stage.caption, stage.max_tokens, stage.multi_aspect, stage.quality)
+    return (stage.vae, stage.resolution, stage.caption, stage.max_tokens, stage.multi_aspect, stage.quality,
+            stage.images)
 
 
 def feature_set(profile: Profile, stage_name: str) -> str:
     """The feature cache a stage reads: named after the first stage with the same feature key, so
-    that e.g. kv-1024 reads aes-1024's latents instead of encoding them again."""
+    that e.g. kv-1024 reads aes-1024's latents instead of encoding them again. An import stage reads
+    none: its folder holds only a marker, so that every profile has the same DVC DAG."""
+    if profile.stages[stage_name].kind == "import":
+        return stage_name
     key = feature_key(profile.stages[stage_name])
     return next(name for name, s in profile.stages.items() if s.kind != "import" and feature_key(s) == key)
 

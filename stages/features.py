@@ -7,6 +7,7 @@ so this stage re-runs cheaply whenever any stage's params change.
 
 import torch
 
+from pixart import atomic
 from pixart.data.buckets import aspect_ratio_buckets
 from pixart.data.features import build_feature_cache
 from pixart.data.null_caption import save_null_caption
@@ -22,6 +23,10 @@ def main() -> None:
     text_encoder = build_text_encoder(paths.text_encoder / "text_encoder").eval()
     tokenizer = load_tokenizer(paths.text_encoder / "tokenizer")
     vaes: dict[str, torch.nn.Module] = {}
+    for name, stage in profile.stages.items():
+        if stage.kind == "import":
+            atomic.write_json(paths.features(name) / "import.json",
+                              {"stage": name, "kind": "import", "features": None, "pretrained": str(stage.pretrained)})
     sets = {feature_set(profile, name) for name, s in profile.stages.items() if s.kind != "import"}
     for name in (n for n in profile.stages if n in sets):
         stage = profile.stages[name]
@@ -33,7 +38,7 @@ def main() -> None:
         out = build_feature_cache(
             paths.train_dataset(profile), paths.features(name), vae=vaes[stage.vae], text_encoder=text_encoder,
             tokenizer=tokenizer, resolution_px=pixels, caption_kind=stage.caption, max_tokens=stage.max_tokens,
-            buckets=buckets, quality="high" if stage.quality == "high" else None,
+            buckets=buckets, quality="high" if stage.quality == "high" else None, limit=stage.images,
         )
         save_null_caption(out, *null_caption_embedding(text_encoder, tokenizer, stage.max_tokens))
         print(f"features: {name} ({pixels} px, {stage.caption}, {stage.max_tokens} tokens) -> {out}")

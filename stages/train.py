@@ -1,12 +1,17 @@
-"""<stage>: one curriculum training stage, from its weak input to its exported checkpoint."""
+"""<stage>: one curriculum stage, from its weak input to its exported checkpoint: trained (kind
+train), distilled into a one-step generator from its teacher pairs (dmd), or converted from an
+official checkpoint (import)."""
 
 from pixart import tracking
-from pixart.data.format import dataset_version
+from pixart.data.format import dataset_version, load_dataset
 from pixart.paths import feature_set
 from pixart.train.checkpoint import run_key
 from pixart.train.components import Components
-from pixart.train.trainer import StageJob, train
+from pixart.train.dmd import train_dmd
+from pixart.train.dmd_pairs import PAIRS_FILE
+from pixart.train.trainer import StageJob, import_official, train
 from stages.common import parse
+from stages.teacher_pairs import pairs_dir
 
 
 def build_job(ctx) -> StageJob:
@@ -22,13 +27,27 @@ def build_job(ctx) -> StageJob:
         name=name, profile_name=ctx.profile_name, profile=profile, stage=stage,
         features=paths.features(feature_set(profile, name)), components=Components.for_stage(stage, paths),
         out_dir=paths.stage(name), state_dir=paths.state(name) / run_key(identity),
-        data_version=data_version, weak_input=weak,
+        data_version=data_version, weak_input=weak, sample_prompts=sample_prompts(ctx, stage.caption),
     )
+
+
+def sample_prompts(ctx, caption: str, n: int = 8) -> list[str]:
+    """The first held-out captions of the stage's caption kind (none for imported data)."""
+    heldout = ctx.paths.heldout_data
+    if ctx.profile.data.source != "generated" or not heldout.exists():
+        return []
+    return [e.caption(caption) for e in load_dataset(heldout)[:n]]
 
 
 def main() -> None:
     ctx = parse(__doc__, named=True)
-    out = train(build_job(ctx))
+    job = build_job(ctx)
+    if job.stage.kind == "import":
+        out = import_official(job)
+    elif job.stage.kind == "dmd":
+        out = train_dmd(job, pairs_dir(ctx) / PAIRS_FILE)
+    else:
+        out = train(job)
     print(f"{ctx.name} -> {out}")
 
 

@@ -22,3 +22,60 @@ for key, value in {
     os.environ.setdefault(key, value)
 # torch extensions (DeepSpeed's shm comm op) compile once per machine, not once per test run.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parent.parent / ".cache/torch_extensions"))
+
+
+# --- the smoke curriculum: one `dvc repro` of the smoke profile in a copy of the repo, shared ------
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def copy_repo(dst: Path, profile: str) -> Path:
+    """The repo's tracked and unignored files in ``dst``, .venv linked, ``profile`` active, git
+    initialised: what a user's clone looks like, without touching the checkout."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                           cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = REPO / name
+        if src.is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / name)
+    (dst / ".venv").symlink_to(REPO / ".venv")
+    params = dst / "params.yaml"
+    params.write_text(params.read_text().replace("\nprofile: tiny\n", f"\nprofile: {profile}\n", 1))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dst, check=True)
+    return dst
+
+
+@dataclass
+class SmokeRun:
+    root: Path
+    env: dict[str, str]
+    seconds: float
+    output: str
+
+
+def dvc(run: SmokeRun, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(REPO / ".venv/bin/dvc"), *args], cwd=run.root, env=run.env, capture_output=True,
+                          text=True, check=False)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> SmokeRun:
+    """`dvc repro` of the whole smoke curriculum, once per test session."""
+    root = copy_repo(tmp_path_factory.mktemp("smoke"), "smoke")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXART_")}
+    env.update(PIXART_ROOT=str(root), TORCH_EXTENSIONS_DIR=os.environ["TORCH_EXTENSIONS_DIR"])
+    start = time.perf_counter()
+    proc = subprocess.run([str(REPO / ".venv/bin/dvc"), "repro"], cwd=root, env=env, capture_output=True, text=True, check=False)
+    run = SmokeRun(root, env, time.perf_counter() - start, proc.stdout + proc.stderr)
+    assert proc.returncode == 0, run.output[-5000:]
+    return run

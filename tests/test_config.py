@@ -90,3 +90,21 @@ def test_settings_never_print_secrets(monkeypatch):
     assert result.exit_code == 0
     assert "hunter2-secret" not in result.output
     assert "**********" in result.output
+
+
+def test_every_param_dvc_yaml_names_is_stated_in_every_profile():
+    # DVC reads params.yaml literally and knows nothing of `extends`: a key a profile only inherits
+    # fails `dvc repro` with "Parameters missing" for that profile.
+    import re
+
+    dvc_yaml = yaml.safe_load((PARAMS_FILE.parent / "dvc.yaml").read_text())
+    keys = {p for stage in dvc_yaml["stages"].values() for p in stage.get("params", [])
+            if isinstance(p, str) and p.startswith("profiles.${profile}.")}
+    raw = yaml.safe_load(PARAMS_FILE.read_text())
+    assert keys
+    for profile_name, profile in raw["profiles"].items():
+        for key in keys:
+            node = profile
+            for part in re.sub(r"^profiles\.\$\{profile\}\.", "", key).split("."):
+                assert isinstance(node, dict) and part in node, f"profiles.{profile_name}: '{key}' is not stated"
+                node = node[part]

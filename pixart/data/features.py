@@ -106,13 +106,15 @@ def build_feature_cache(
     max_tokens: int,
     buckets: Buckets | None = None,
     quality: str | None = None,
+    limit: int | None = None,
     batch_size: int = 16,
     identity: dict[str, str] | None = None,
 ) -> Path:
     """Encode a dataset's images (VAE) and captions (T5) into ``out_dir``, unless it holds this key.
 
     ``buckets`` None center-crops squares of ``resolution_px``; otherwise each image goes to its
-    nearest bucket. ``quality`` "high" keeps only the high-quality tier. ``identity`` names what
+    nearest bucket. ``quality`` "high" keeps only the high-quality tier; ``limit`` keeps the first
+    ``limit`` of what remains (the paper's high-resolution stages use fewer images). ``identity`` names what
     the hashes cannot see or what is too costly to hash (e.g. ``{"vae": "<known hash>"}``): a
     given ``vae`` / ``text_encoder`` / ``tokenizer`` entry replaces that computed hash, and every
     entry enters the key.
@@ -136,6 +138,7 @@ def build_feature_cache(
         "caption_kind": caption_kind,
         "max_tokens": max_tokens,
         "quality": quality,
+        "limit": limit,
         "identity": identity,
     }
     key = cache_key(components)
@@ -145,7 +148,7 @@ def build_feature_cache(
         return out_dir
 
     entries = load_dataset(dataset_dir)
-    selected = [i for i, e in enumerate(entries) if quality is None or e.quality == quality]
+    selected = [i for i, e in enumerate(entries) if quality is None or e.quality == quality][:limit]
     if not selected:
         raise DatasetError(f"{dataset_dir}: no entries with quality={quality!r}")
     groups: dict[tuple[float, int, int], list[int]] = {}

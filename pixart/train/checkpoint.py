@@ -1,10 +1,12 @@
 """Resumable training state of one stage, separate from the stage's exported checkpoint.
 
 ``resume`` continues *this* stage from its own last DeepSpeed checkpoint (optimizer, LR schedule,
-EMA, sampler position, RNG); ``init_from`` starts a stage from its weak input's exported weights
+EMA, sampler position); ``init_from`` starts a stage from its weak input's exported weights
 with a fresh optimizer. The state lives under ``<cache>/checkpoints/<stage>/<key>``, where the key
 hashes everything that defines the run, so a changed config never resumes a stale run, and it lives
 outside DVC's outs, which DVC deletes before re-running a stage.
+
+Randomness needs no saving: the trainer draws it from generators keyed by (seed, step).
 
 ``latest.json`` is our pointer (k-diffusion style), written atomically after every rank finished
 saving: a kill during a save leaves the previous pointer, whose files are complete.
@@ -18,13 +20,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from pixart import atomic
 from pixart.train import distributed
 
 KEEP = 2
+
+
+def step_tag(step: int) -> str:
+    """The checkpoint tag of ``step``; zero-padded so that tags sort by step."""
+    return f"step-{step:08d}"
 
 
 def run_key(identity: dict[str, Any]) -> str:
@@ -43,7 +49,7 @@ class ResumableState:
         return info["tag"], info["step"]
 
     def save(self, engine, step: int, ema, extra: dict[str, Any]) -> None:
-        tag = f"step-{step:08d}"
+        tag = step_tag(step)
         engine.save_checkpoint(str(self.dir), tag=tag, client_state={"step": step, **extra}, save_latest=False)
         if distributed.is_main():
             save_file({k: v.contiguous() for k, v in ema.shadow.items()}, self.dir / tag / "ema.safetensors",
@@ -57,7 +63,8 @@ class ResumableState:
         distributed.barrier()
 
     def load(self, engine, ema) -> dict[str, Any] | None:
-        """Restore engine (model, optimizer, LR schedule) and EMA; return the client state."""
+        """Restore engine (model, optimizer, LR schedule) and EMA; return the client state (step,
+        sampler position)."""
         latest = self.latest()
         if latest is None:
             return None
@@ -67,12 +74,3 @@ class ResumableState:
         shadow = load_file(self.dir / tag / "ema.safetensors")
         ema.load_state_dict({"decay": ema.decay, "updates": client["ema_updates"], "shadow": shadow})
         return client
-
-
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    return {"generator": generator.get_state(), "torch": torch.get_rng_state()}
-
-
-def set_rng_state(generator: torch.Generator, state: dict[str, Any]) -> None:
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])

@@ -34,7 +34,7 @@ def init(master_addr: str = "127.0.0.1", master_port: int | None = None) -> tupl
 
 def device() -> torch.device:
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
 
 

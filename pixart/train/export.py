@@ -17,6 +17,7 @@ from pixart import atomic, tracking
 from pixart.diffusion.schedule import dpm_solver_scheduler
 from pixart.models.transformer import PixArtSigmaTransformer
 from pixart.train.components import link_tree
+from pixart.train.samples import GRID_FILE, sample_grid
 
 if TYPE_CHECKING:
     from pixart.train.trainer import StageJob
@@ -74,6 +75,11 @@ def export_stage(job: StageJob, transformer: PixArtSigmaTransformer, run: tracki
         "mlflow_run_id": run.run_id,
     }
     write_pipeline(job.out_dir, transformer, job, info)
+    if job.sample_prompts:
+        grid = sample_grid(job.out_dir, job.sample_prompts, job.profile.pixels(job.stage),
+                           max_tokens=job.stage.max_tokens)
+        grid.save(job.out_dir / GRID_FILE)
+        run.log_image(grid, "samples.png", step=job.stage.steps)
     version = tracking.register_checkpoint(
         run, job.out_dir, stage=job.name, weak_input_version=info["parent_version"], data_version=job.data_version
     )

@@ -8,10 +8,11 @@ the EMA weights as a diffusers pipeline folder plus ``stage.json``.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -20,17 +21,20 @@ from pixart.config import Profile, StageConfig
 from pixart.data.buckets import AspectRatioBatchSampler
 from pixart.data.features import FeatureCache
 from pixart.data.null_caption import load_null_caption
-from pixart.diffusion.caption_dropout import drop_captions
+from pixart.diffusion.caption_dropout import drop_captions, dropout_draws
 from pixart.diffusion.losses import q_sample, training_losses
 from pixart.diffusion.schedule import NUM_TRAIN_TIMESTEPS
 from pixart.train import distributed
-from pixart.train.checkpoint import ResumableState, rng_state, set_rng_state
+from pixart.train.checkpoint import ResumableState
+from pixart.train.components import Components
 from pixart.train.ds_config import deepspeed_config
 from pixart.train.ema import EMA
-from pixart.train.optim import build_optimizer, constant_with_warmup
 from pixart.train.export import export_stage
-from pixart.train.components import Components
+from pixart.train.optim import build_optimizer, constant_with_warmup
 from pixart.train.weak_input import load_transformer
+
+# Crash drills (tests, retry rehearsals): the process SIGKILLs itself right after this step.
+_crash_at = int(os.environ.get("PIXART_SIGKILL_AFTER_STEP", "0")) or None
 
 
 @dataclass
@@ -48,14 +52,28 @@ class StageJob:
     data_version: str
     weak_input: Path | None = None
     sample_prompts: list[str] = field(default_factory=list)
-    stop_after: int | None = None  # tests: end the process early, as a crash would
 
 
-def _batches(sampler: AspectRatioBatchSampler, rank: int, world: int):
-    """Endless global batches; each rank takes its own slice, so all ranks see one global batch."""
+def _batches(sampler: AspectRatioBatchSampler):
+    """Endless global micro-batches of dataset indices; each rank trains on its slice of each."""
     while True:
-        for batch in sampler:
-            yield batch[rank::world]
+        yield from sampler
+
+
+def _draws(seed: int, step: int, micro_step: int, global_n: int, latent_shape: torch.Size, p_drop: float,
+           rank: int, world: int) -> dict[str, torch.Tensor]:
+    """The randomness of one global micro-batch (posterior sample, noise, timesteps, caption dropout),
+    drawn whole from a generator keyed by (seed, step, micro-step) and sliced by rank: the same
+    numbers on one process or many, and after a resume, with no RNG state to checkpoint."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step * 1_009 + micro_step)
+    shape = (global_n, *latent_shape)
+    draws = {
+        "latent": torch.randn(shape, generator=g),
+        "noise": torch.randn(shape, generator=g),
+        "t": torch.randint(0, NUM_TRAIN_TIMESTEPS, (global_n,), generator=g),
+        "drop": dropout_draws(global_n, p_drop, g),
+    }
+    return {k: v[rank::world] for k, v in draws.items()}
 
 
 def train(job: StageJob) -> Path:
@@ -80,7 +98,6 @@ def train(job: StageJob) -> Path:
     cache = FeatureCache(job.features)
     micro = engine.train_micro_batch_size_per_gpu()
     sampler = AspectRatioBatchSampler(cache.ratios, micro * world, seed=train_cfg.seed, drop_last=True)
-    noise_gen = torch.Generator().manual_seed(train_cfg.seed * 1000 + rank)
     null_text, null_mask = load_null_caption(job.features)
     scaling = job.components.scaling_factor()
 
@@ -90,9 +107,8 @@ def train(job: StageJob) -> Path:
     if client is not None:
         start = client["step"]
         sampler.load_state_dict(client["sampler"])
-        set_rng_state(noise_gen, client["rng"][rank])
 
-    batches = _batches(sampler, rank, world)
+    batches = _batches(sampler)
     run_params = {"stage": stage.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"),
                   "profile": job.profile_name, "model": job.profile.model, "world_size": world,
                   "resumed_from_step": start}
@@ -100,14 +116,15 @@ def train(job: StageJob) -> Path:
         run.set_tags({"data_version": job.data_version, "weak_input": stage.init_from or ""})
         seen, tick = 0, time.perf_counter()
         for step in range(start + 1, stage.steps + 1):
-            for _ in range(engine.gradient_accumulation_steps()):
-                batch = cache.collate([cache[i] for i in next(batches)])
-                x0 = (batch["latent_mean"] + batch["latent_std"] * torch.randn(
-                    batch["latent_mean"].shape, generator=noise_gen)) * scaling
-                noise = torch.randn(x0.shape, generator=noise_gen)
-                t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (x0.shape[0],), generator=noise_gen)
+            for micro_step in range(engine.gradient_accumulation_steps()):
+                indices = next(batches)
+                batch = cache.collate([cache[i] for i in indices[rank::world]])
+                draws = _draws(train_cfg.seed, step, micro_step, len(indices), batch["latent_mean"].shape[1:],
+                               train_cfg.caption_dropout, rank, world)
+                x0 = (batch["latent_mean"] + batch["latent_std"] * draws["latent"]) * scaling
+                noise, t = draws["noise"], draws["t"]
                 text, mask = drop_captions(batch["text"], batch["mask"], *_pad_to(null_text, null_mask, batch["mask"]),
-                                           train_cfg.caption_dropout, noise_gen)
+                                           draws["drop"])
                 out = engine(
                     q_sample(x0, noise, t).to(device), encoder_hidden_states=text.to(device),
                     encoder_attention_mask=mask.to(device), timestep=t.to(device),
@@ -123,38 +140,43 @@ def train(job: StageJob) -> Path:
 
             if step % train_cfg.log_every == 0 or step == stage.steps:
                 elapsed = time.perf_counter() - tick
+                losses = global_mean(losses, world)
                 run.log_metrics({
-                    "loss": losses["loss"].item(), "mse": losses["mse"].item(), "vb": losses["vb"].item(),
+                    "loss": losses["loss"], "mse": losses["mse"], "vb": losses["vb"],
                     "lr": schedule.get_last_lr()[0], "grad_norm": float(engine.get_global_grad_norm() or 0.0),
                     "images_per_s": seen / elapsed,
                 }, step=step)
                 seen, tick = 0, time.perf_counter()
             if step % train_cfg.save_every == 0 and step < stage.steps:
-                state.save(engine, step, ema, {
-                    "sampler": sampler.state_dict(), "ema_updates": ema.updates,
-                    "rng": _gather_rng(noise_gen),
-                })
-            if job.stop_after is not None and step >= job.stop_after:
-                return job.out_dir
+                state.save(engine, step, ema, {"sampler": sampler.state_dict(), "ema_updates": ema.updates})
+            if step == _crash_at:
+                os.kill(os.getpid(), signal.SIGKILL)
 
         ema.copy_to(engine.module)
         return export_stage(job, engine.module, run)
+
+
+def import_official(job: StageJob) -> Path:
+    """An ``import`` stage (xl's base, PixArt-alpha): the official checkpoint, converted and exported
+    as the curriculum's first weak input, with no training step."""
+    transformer = load_transformer(job, job.components)
+    run_params = {"stage": job.stage.model_dump(mode="json"), "profile": job.profile_name,
+                  "model": job.profile.model}
+    with tracking.stage_run(job.name, run_params) as run:
+        run.set_tags({"data_version": job.data_version, "pretrained": str(job.stage.pretrained)})
+        return export_stage(job, transformer, run)
+
+
+def global_mean(losses: dict[str, torch.Tensor], world: int) -> dict[str, float]:
+    """The last micro-batch's losses averaged over ranks: the global batch's, whatever the world size."""
+    values = torch.stack([v.detach().float() for v in losses.values()])
+    if world > 1:
+        torch.distributed.all_reduce(values)
+        values /= world
+    return dict(zip(losses, values.tolist(), strict=True))
 
 
 def _pad_to(text: torch.Tensor, mask: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The stored null caption (its real tokens only), zero-padded to the batch's caption length."""
     pad = like.shape[1] - mask.shape[1]
     return torch.nn.functional.pad(text, (0, 0, 0, pad)), torch.nn.functional.pad(mask, (0, pad))
-
-
-def _gather_rng(generator: torch.Generator) -> list[dict[str, Any]]:
-    """Every rank's RNG state, so each rank resumes its own noise stream."""
-    mine = rng_state(generator)
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-        return [mine]
-    states: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(states, mine)
-    return states
-
-
-

@@ -39,9 +39,9 @@ def load_transformer(job: StageJob, components: Components) -> PixArtSigmaTransf
     if job.weak_input is not None:
         model = PixArtSigmaTransformer.from_pretrained(job.weak_input / "transformer")
     elif stage.pretrained is not None:
-        from pixart.models.convert import load_official
+        from pixart.models.convert import official_transformer
 
-        model = load_official(stage.pretrained, spec, sample_size=side, interpolation_scale=scale)
+        model, _ = official_transformer(stage.pretrained, spec, sample_size=side, interpolation_scale=scale)
     else:
         model = build_transformer(spec, sample_size=side, interpolation_scale=scale)
     set_resolution(model, side, scale)
