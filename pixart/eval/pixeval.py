@@ -1,0 +1,210 @@
+"""PixEval: one stage's checkpoint against the held-out set — FID, alignment, CLIP-score, speed.
+
+Every stage renders the same held-out prompts (the dense captions of held-out scenes) with the same
+seeds, so numbers and sample grids compare stage by stage. FID is taken against the held-out REAL
+images rendered at the stage's pixel size the way training sees them (cover-resize, centre crop);
+the backbone then resizes both sets alike. Alignment asks the judge whether each image shows its
+prompt's scene; the same images scored against shuffled scenes give the chance level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixart import atomic
+from pixart.data.format import Entry, SceneInfo, dataset_version, load_dataset
+from pixart.eval.backbones import FeatureBackbone
+from pixart.eval.clip_score import ClipScorer, clip_score
+from pixart.eval.fid import fid_from_images
+from pixart.eval.judge import MIN_HELD_OUT_ACCURACY, Judge, train_judge
+
+GRID_IMAGES = 16
+JUDGE_KEY = "key.json"
+PLOT_COLUMNS = ("stage", "fid", "alignment")
+Metrics = dict[str, float | str]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The PixEval prompt set: held-out entries, their prompts, scenes and real images."""
+
+    dataset_dir: Path
+    entries: list[Entry]
+
+    @property
+    def prompts(self) -> list[str]:
+        """The dense caption of each entry (the raw one where a dataset has none)."""
+        return [e.caption("dense") or e.caption("raw") for e in self.entries]
+
+    @property
+    def scenes(self) -> list[SceneInfo | None]:
+        return [e.scene for e in self.entries]
+
+    def real_images(self, pixels: int) -> torch.Tensor:
+        """The real images as float NCHW in [0, 1], ``pixels`` square, cropped as training crops them."""
+        from pixart.data.features import load_pixels
+
+        return torch.stack(
+            [(load_pixels(self.dataset_dir / e.path, pixels, pixels) + 1) / 2 for e in self.entries]
+        )
+
+
+def load_heldout(dataset_dir: Path, n_prompts: int) -> HeldOut:
+    """The first ``n_prompts`` entries of a held-out dataset (all of them when it has fewer)."""
+    dataset_dir = Path(dataset_dir)
+    entries = load_dataset(dataset_dir)[:n_prompts]
+    if len(entries) < 2:
+        raise ValueError(f"{dataset_dir}: {len(entries)} held-out entries; FID needs at least 2")
+    return HeldOut(dataset_dir, entries)
+
+
+def _as_uint8(images: Sequence) -> np.ndarray:
+    return np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images])
+
+
+def _generate(
+    pipeline, prompts: Sequence[str], *, batch_size: int, seed: int, **sampling
+) -> tuple[np.ndarray, float]:
+    """All images (uint8 NHWC) and the seconds per image. Batch ``i`` uses seed ``seed + i``, so an
+    image depends on the prompt list and seed only."""
+    from pixart.diffusion.sampling import sample
+
+    images = []
+    start = time.perf_counter()
+    for i, first in enumerate(range(0, len(prompts), batch_size)):
+        images += sample(pipeline, prompts[first : first + batch_size], seed=seed + i, **sampling)
+    return _as_uint8(images), (time.perf_counter() - start) / len(prompts)
+
+
+def _alignment(judge: Judge, images: np.ndarray, scenes: Sequence[SceneInfo | None]) -> Metrics:
+    accuracy = judge.report.held_out_accuracy
+    if accuracy < MIN_HELD_OUT_ACCURACY:
+        return {"alignment": f"judge refused: {accuracy:.3f}", "judge_accuracy": accuracy}
+    if any(s is None for s in scenes):
+        raise ValueError("scenes: alignment needs a scene for every held-out prompt (generated data)")
+    # rolling by one pairs every image with another prompt's scene: a derangement, hence chance level
+    shuffled = list(scenes[1:]) + list(scenes[:1])
+    return {
+        "alignment": float(judge.alignment(images, scenes).mean()),
+        "alignment_shuffled": float(judge.alignment(images, shuffled).mean()),
+        "judge_accuracy": accuracy,
+    }
+
+
+def save_grid(images: np.ndarray, path: Path) -> None:
+    """The first GRID_IMAGES images tiled into one PNG at ``path``, written atomically."""
+    from PIL import Image
+
+    from pixart.train.samples import tile
+
+    grid = tile([Image.fromarray(im) for im in images[:GRID_IMAGES]])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        grid.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def evaluate_stage(
+    stage_dir: Path,
+    prompts: Sequence[str],
+    scenes: Sequence[SceneInfo | None],
+    real_images: torch.Tensor | np.ndarray,
+    *,
+    steps: int,
+    cfg: float,
+    seed: int,
+    height: int,
+    width: int,
+    max_tokens: int,
+    backbone: FeatureBackbone,
+    judge: Judge | None = None,
+    clip: ClipScorer | None = None,
+    batch_size: int = 32,
+    grid_path: Path | None = None,
+    device: str = "cpu",
+) -> Metrics:
+    """PixEval of one checkpoint folder: one image per prompt (fixed seeds), then ``fid`` against
+    ``real_images``, ``alignment`` / ``alignment_shuffled`` (chance) when a judge is given — or
+    "judge refused: <accuracy>" when it is below MIN_HELD_OUT_ACCURACY —, ``clip_score`` when a
+    scorer is given, and ``seconds_per_image``. ``steps=1`` (and ``cfg=1``) evaluates a one-step
+    (DMD) generator. Saves a sample grid to ``grid_path`` when given."""
+    from pixart.models.pipeline import load_pipeline
+
+    if len(prompts) != len(scenes) or len(prompts) != len(real_images):
+        raise ValueError(
+            f"prompts ({len(prompts)}), scenes ({len(scenes)}) and real_images ({len(real_images)}) differ in number"
+        )
+    pipeline = load_pipeline(stage_dir).to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    images, seconds = _generate(
+        pipeline, list(prompts), batch_size=batch_size, seed=seed, steps=steps, cfg=cfg, height=height,
+        width=width, max_tokens=max_tokens,
+    )  # fmt: skip
+    metrics: Metrics = {
+        "fid": fid_from_images(images, real_images, backbone),
+        "seconds_per_image": seconds,
+        "n_images": len(images),
+    }
+    if judge is not None:
+        metrics |= _alignment(judge, images, scenes)
+    if clip is not None:
+        metrics["clip_score"] = clip_score(images, prompts, clip)
+    if grid_path is not None:
+        save_grid(images, grid_path)
+    return metrics
+
+
+def judge_key(train_dir: Path, steps: int, seed: int) -> str:
+    """What a trained judge depends on: the training data's content, its steps and seed."""
+    identity = {"data": dataset_version(train_dir), "steps": steps, "seed": seed}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def ensure_judge(train_dir: Path, out: Path, *, steps: int, seed: int = 0) -> Judge:
+    """The judge in ``out`` when it was trained with the same key, else one trained now (and saved)."""
+    out = Path(out)
+    key = judge_key(train_dir, steps, seed)
+    key_file = out / JUDGE_KEY
+    if key_file.is_file() and json.loads(key_file.read_text()).get("key") == key:
+        return Judge.load(out)
+    report = train_judge(train_dir, out, steps=steps, seed=seed)
+    # written after the judge: a crash in between leaves no key, so the next run retrains
+    atomic.write_json(key_file, {"key": key, "report": asdict(report)})
+    return Judge.load(out)
+
+
+def numeric(metrics: Mapping[str, float | str]) -> dict[str, float]:
+    """The numeric metrics (what the registry stores); a judge refusal is text and stays out."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+
+
+def write_reports(metrics_dir: Path, results: Mapping[str, Metrics]) -> None:
+    """``pixeval/<stage>.json`` per stage, ``pixeval.json`` (all stages, for ``dvc metrics``) and
+    ``pixeval_plot.csv`` (stage, fid, alignment in curriculum order, for ``dvc plots``)."""
+    metrics_dir = Path(metrics_dir)
+    for stage, metrics in results.items():
+        atomic.write_json(metrics_dir / "pixeval" / f"{stage}.json", metrics)
+    atomic.write_json(metrics_dir / "pixeval.json", dict(results))
+    rows = [",".join(PLOT_COLUMNS)]
+    for stage, metrics in results.items():
+        alignment = metrics.get("alignment")
+        # a refused judge leaves the cell empty: the plot shows a gap, not a made-up number
+        cells = (stage, f"{metrics['fid']:.6g}", f"{alignment:.6g}" if isinstance(alignment, float) else "")
+        rows.append(",".join(cells))
+    atomic.write_text(metrics_dir / "pixeval_plot.csv", "\n".join(rows) + "\n")

@@ -1,0 +1,67 @@
+"""pixeval: FID, alignment and CLIP-score of every stage's checkpoint on the held-out prompts (and
+of the DMD one-step generator when it exists), into metrics/ and the registry."""
+
+from __future__ import annotations
+
+from pixart import tracking
+from pixart.eval.backbones import build_backbone
+from pixart.eval.pixeval import Metrics, ensure_judge, evaluate_stage, load_heldout, numeric, write_reports
+from pixart.train.export import read_stage_info
+from stages.common import StageContext, parse
+
+# params.yaml names the backbone family; pixart.eval.backbones names the network
+FID_BACKBONES = {"efficientnet-lite0": "efficientnet-lite0", "inception": "inception-v3"}
+# DMD's generator maps noise to an image in one step and was distilled from the CFG teacher: no CFG
+ONE_STEP = {"steps": 1, "cfg": 1.0}
+
+
+def evaluate_curriculum(ctx: StageContext) -> dict[str, Metrics]:
+    """PixEval of each trained stage in curriculum order; ``dmd`` only when its folder exists."""
+    profile, paths, settings, pe = ctx.profile, ctx.paths, ctx.settings, ctx.profile.pixeval
+    heldout = load_heldout(paths.heldout_data, pe.n_prompts)
+    weights = settings.path(pe.inception_path) if pe.inception_path else None
+    backbone = build_backbone(FID_BACKBONES[pe.fid_backbone], weights, settings.resolved_device)
+    judge = None
+    if pe.judge_steps > 0 and profile.data.source == "generated":
+        judge = ensure_judge(
+            paths.train_dataset(profile), paths.outputs / "judge", steps=pe.judge_steps, seed=pe.seed
+        )
+    clip = None
+    if pe.clip_path is not None:
+        from pixart.eval.clip_score import ClipScorer
+
+        clip = ClipScorer(settings.path(pe.clip_path), settings.resolved_device)
+    tracking.configure(settings)
+    results: dict[str, Metrics] = {}
+    real = {}
+    for name, stage in profile.stages.items():
+        stage_dir = paths.stage(name)
+        if stage.kind == "dmd" and not stage_dir.exists():
+            continue
+        if not (stage_dir / "stage.json").is_file():
+            raise FileNotFoundError(
+                f"pixeval: stage '{name}' has no checkpoint at {stage_dir} (train it first)"
+            )
+        pixels = profile.pixels(stage)
+        if pixels not in real:
+            real[pixels] = heldout.real_images(pixels)
+        sampling = ONE_STEP if stage.kind == "dmd" else {"steps": pe.steps, "cfg": pe.cfg}
+        results[name] = evaluate_stage(
+            stage_dir, heldout.prompts, heldout.scenes, real[pixels], **sampling, seed=pe.seed, height=pixels,
+            width=pixels, max_tokens=stage.max_tokens, backbone=backbone, judge=judge, clip=clip,
+            grid_path=paths.metrics / "pixeval" / f"{name}.png", device=settings.resolved_device,
+        )  # fmt: skip
+        version = read_stage_info(stage_dir).get("model_version") or name
+        tracking.log_version_metrics(version, numeric(results[name]))
+        print(f"pixeval {name}: {results[name]}")
+    return results
+
+
+def main() -> None:
+    ctx = parse(__doc__)
+    write_reports(ctx.paths.metrics, evaluate_curriculum(ctx))
+    print(f"pixeval -> {ctx.paths.metrics / 'pixeval.json'}")
+
+
+if __name__ == "__main__":
+    main()

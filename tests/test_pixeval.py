@@ -1,0 +1,203 @@
+"""PixEval on a tiny debug pipeline and the generated held-out set: real sampling, real FID backbone,
+real judges (an under-trained one that refuses, a trained one under `slow`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixart import tracking
+from pixart.config import load_profile
+from pixart.data.format import load_dataset
+from pixart.data.generate import generate_dataset
+from pixart.eval.backbones import build_backbone
+from pixart.eval.judge import MIN_HELD_OUT_ACCURACY, Judge, train_judge
+from pixart.eval.pixeval import ensure_judge, evaluate_stage, load_heldout, write_reports
+from pixart.models.pipeline import save_pipeline
+from pixart.paths import CurriculumPaths
+from pixart.settings import Settings
+from tests.helpers_models import DEBUG_IMAGE_SIDE, debug_parts
+
+SIDE = DEBUG_IMAGE_SIDE
+N_PROMPTS = 5
+
+
+@pytest.fixture(scope="module")
+def stage_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("stage")
+    return save_pipeline(root / "pipe", **debug_parts(root / "tokenizer"))
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory: pytest.TempPathFactory):
+    data = tmp_path_factory.mktemp("heldout") / "heldout"
+    generate_dataset(data, n=N_PROMPTS + 3, seed=0, resolution_px=64, split="heldout")
+    return load_heldout(data, N_PROMPTS)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return build_backbone("efficientnet-lite0")
+
+
+@pytest.fixture(scope="module")
+def weak_judge(tmp_path_factory: pytest.TempPathFactory) -> Judge:
+    root = tmp_path_factory.mktemp("judge")
+    generate_dataset(root / "train", n=40, seed=1, resolution_px=32)
+    train_judge(root / "train", root / "judge", resolution=32, steps=1, width=8)
+    return Judge.load(root / "judge")
+
+
+def _evaluate(stage_dir, heldout, backbone, judge, **extra):
+    return evaluate_stage(
+        stage_dir, heldout.prompts, heldout.scenes, heldout.real_images(SIDE), steps=2, cfg=4.5, seed=3,
+        height=SIDE, width=SIDE, max_tokens=32, backbone=backbone, judge=judge, batch_size=2, **extra,
+    )  # fmt: skip
+
+
+def test_heldout_prompts_are_dense_captions_and_real_images_are_cropped_to_the_stage_size(heldout) -> None:
+    assert len(heldout.entries) == N_PROMPTS
+    assert heldout.prompts == [e.sharegpt4v for e in heldout.entries]
+    real = heldout.real_images(SIDE)
+    assert real.shape == (N_PROMPTS, 3, SIDE, SIDE)
+    assert 0.0 <= float(real.min()) and float(real.max()) <= 1.0
+    with pytest.raises(ValueError, match="FID needs at least 2"):
+        load_heldout(heldout.dataset_dir, 1)
+
+
+def test_evaluate_stage_gives_finite_repeatable_numbers_and_an_untrusted_judge_refuses(
+    stage_dir, heldout, backbone, weak_judge, tmp_path
+) -> None:
+    accuracy = weak_judge.report.held_out_accuracy
+    assert accuracy < MIN_HELD_OUT_ACCURACY
+
+    metrics = _evaluate(stage_dir, heldout, backbone, weak_judge, grid_path=tmp_path / "grid.png")
+    assert math.isfinite(metrics["fid"]) and metrics["fid"] > 0
+    assert metrics["seconds_per_image"] > 0
+    assert metrics["n_images"] == N_PROMPTS
+    assert metrics["alignment"] == f"judge refused: {accuracy:.3f}"
+    assert "alignment_shuffled" not in metrics and "clip_score" not in metrics
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size == (3 * SIDE, 2 * SIDE)  # 5 images tile 3 x 2
+
+    # fixed seeds: the same checkpoint gives the same images, hence the same FID
+    again = _evaluate(stage_dir, heldout, backbone, weak_judge)
+    assert again["fid"] == metrics["fid"]
+
+
+def test_evaluate_stage_rejects_mismatched_inputs(stage_dir, heldout, backbone) -> None:
+    with pytest.raises(ValueError, match="differ in number"):
+        evaluate_stage(
+            stage_dir, heldout.prompts[:-1], heldout.scenes, heldout.real_images(SIDE), steps=2, cfg=4.5, seed=0,
+            height=SIDE, width=SIDE, max_tokens=32, backbone=backbone,
+        )  # fmt: skip
+
+
+def test_reports_hold_every_stage_in_order_and_the_plot_leaves_refusals_blank(tmp_path) -> None:
+    results = {
+        "base": {"fid": 40.5, "alignment": "judge refused: 0.612", "seconds_per_image": 0.1},
+        "align": {"fid": 30.25, "alignment": 0.5, "alignment_shuffled": 0.2, "seconds_per_image": 0.1},
+    }
+    write_reports(tmp_path, results)
+    assert json.loads((tmp_path / "pixeval" / "align.json").read_text()) == results["align"]
+    assert json.loads((tmp_path / "pixeval.json").read_text()) == results
+    assert (tmp_path / "pixeval_plot.csv").read_text().splitlines() == [
+        "stage,fid,alignment",
+        "base,40.5,",
+        "align,30.25,0.5",
+    ]
+
+
+def test_the_judge_is_trained_once_per_key(tmp_path) -> None:
+    generate_dataset(tmp_path / "train", n=30, seed=2, resolution_px=32)
+    ensure_judge(tmp_path / "train", tmp_path / "judge", steps=1)
+    weights = tmp_path / "judge" / "judge.safetensors"
+    first = weights.stat().st_mtime_ns
+    ensure_judge(tmp_path / "train", tmp_path / "judge", steps=1)
+    assert weights.stat().st_mtime_ns == first
+    ensure_judge(tmp_path / "train", tmp_path / "judge", steps=2)  # another key: trained again
+    assert weights.stat().st_mtime_ns != first
+    assert Judge.load(tmp_path / "judge").report.steps == 2
+
+
+@pytest.fixture
+def curriculum(tmp_path: Path, stage_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """A project root with generated train / held-out data, a registry in a temp SQLite file and the
+    smoke profile cut down to base (trained and registered) and dmd (not yet trained)."""
+    from stages.common import StageContext
+
+    settings = Settings(
+        root=tmp_path, tracking_uri=f"sqlite:///{tmp_path / 'registry.db'}", artifact_location=""
+    )
+    monkeypatch.setattr(tracking, "_context", None)
+    monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
+    tracking.configure(settings)
+    paths = CurriculumPaths(settings)
+    generate_dataset(paths.train_data, n=30, seed=0, resolution_px=32)
+    generate_dataset(paths.heldout_data, n=4, seed=0, resolution_px=32, split="heldout")
+    _, smoke = load_profile("smoke")
+    stages = {name: smoke.stages[name] for name in ("base", "dmd")}
+    profile = smoke.model_copy(update={
+        "stages": stages, "pixeval": smoke.pixeval.model_copy(update={"steps": 2, "judge_steps": 1}),
+    })  # fmt: skip
+    shutil.copytree(stage_dir, paths.stage("base"))
+    with tracking.stage_run("base", {"profile": "smoke"}) as run:
+        version = tracking.register_checkpoint(
+            run, paths.stage("base"), stage="base", weak_input_version=None, data_version="test"
+        )
+    (paths.stage("base") / "stage.json").write_text(json.dumps({"stage": "base", "model_version": version}))
+    return StageContext("smoke", profile, settings, paths, None)
+
+
+def test_pixeval_stage_evaluates_trained_stages_logs_them_in_the_registry_and_adds_dmd_when_present(
+    curriculum,
+) -> None:
+    from stages.pixeval import evaluate_curriculum
+
+    paths = curriculum.paths
+    results = evaluate_curriculum(curriculum)
+    assert list(results) == ["base"]  # dmd has no folder yet: skipped
+    assert results["base"]["alignment"].startswith("judge refused: ")
+    registered = tracking.model_version("base")["metrics"]
+    assert registered["fid"] == pytest.approx(results["base"]["fid"])
+    assert "alignment" not in registered  # a refusal is text: it never reaches the registry
+    assert (paths.metrics / "pixeval" / "base.png").is_file()
+    judge_weights = paths.outputs / "judge" / "judge.safetensors"
+    trained_at = judge_weights.stat().st_mtime_ns
+
+    shutil.copytree(paths.stage("base"), paths.stage("dmd"))
+    results = evaluate_curriculum(curriculum)
+    assert list(results) == ["base", "dmd"]
+    assert judge_weights.stat().st_mtime_ns == trained_at  # same data and steps: the judge is reused
+    # dmd samples in one step without CFG, base in two with CFG: the same weights give other images
+    assert results["dmd"]["fid"] != results["base"]["fid"]
+
+
+@pytest.mark.slow
+def test_a_trusted_judge_scores_alignment_and_shuffled_prompts_score_lower_on_real_images(
+    stage_dir, heldout, backbone, tmp_path
+) -> None:
+    from pixart.eval.pixeval import _alignment
+
+    generate_dataset(tmp_path / "train", n=600, seed=0, resolution_px=32)
+    train_judge(
+        tmp_path / "train", tmp_path / "judge", resolution=32, steps=300, width=16, batch_size=32, lr=5e-3
+    )
+    judge = Judge.load(tmp_path / "judge")
+    assert judge.report.held_out_accuracy >= MIN_HELD_OUT_ACCURACY, judge.report
+
+    metrics = _evaluate(stage_dir, heldout, backbone, judge)
+    assert 0.0 <= metrics["alignment"] <= 1.0 and 0.0 <= metrics["alignment_shuffled"] <= 1.0
+    assert metrics["judge_accuracy"] == judge.report.held_out_accuracy
+
+    # the judge reads whole scenes: square real images, uncropped
+    square = [e for e in load_dataset(tmp_path / "train") if e.height == e.width][:32]
+    real = np.stack([np.asarray(Image.open(tmp_path / "train" / e.path).convert("RGB")) for e in square])
+    on_real = _alignment(judge, real, [e.scene for e in square])
+    assert on_real["alignment"] > on_real["alignment_shuffled"] + 0.2, on_real
