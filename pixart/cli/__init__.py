@@ -11,13 +11,7 @@ import typer
 app = typer.Typer(help="PixArt-Sigma weak-to-strong curriculum.", no_args_is_help=True, add_completion=False)
 
 # One entry per command module; order is the order of --help.
-_MODULES = ("config", "model", "data", "train", "tracking", "eval")
+_MODULES = ("config", "model", "data", "train", "plan", "tracking", "eval")
 
 for _name in _MODULES:
-    try:
-        _module = importlib.import_module(f"pixart.cli.{_name}")
-    except ModuleNotFoundError as exc:  # a group still being written must not break the others
-        if exc.name != f"pixart.cli.{_name}":
-            raise
-        continue
-    _module.register(app)
+    importlib.import_module(f"pixart.cli.{_name}").register(app)

@@ -1,0 +1,51 @@
+"""One DVC stage as its own flow run, for a stage dispatched to a GPU work pool.
+
+The pod starts from a clone of the repo: it pulls the stage's missing deps from the DVC remote,
+runs the same ``dvc repro --single-item`` as a local run (under the DeepSpeed launcher with the
+stage's GPU count for training stages), then pushes the stage's outs for the next stage's pod.
+A retry of the dispatching task starts a new pod; it resumes from the stage's last resumable
+checkpoint when the cache folder (``PIXART_CACHE_DIR``) is on a persistent volume, see
+infra/prefect/README.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prefect import flow, get_run_logger
+
+from flows.dvc_stage import Outcome, push, repro
+from flows.plan import active_profile
+from pixart.settings import get_settings
+from pixart.tracking import PARENT_RUN_ENV
+
+FLOW_NAME = "curriculum-stage"
+DEPLOYMENT = f"{FLOW_NAME}/stage-gpu"
+
+
+def launcher_env(num_gpus: int | None, parent_run_id: str) -> dict[str, str]:
+    """The stage process's environment: nested under the curriculum's MLflow run, and for a
+    training stage (``num_gpus`` set) under the DeepSpeed launcher with that many processes."""
+    env = {**os.environ, PARENT_RUN_ENV: parent_run_id}
+    if num_gpus is not None:
+        env.update(PIXART_LAUNCHER="deepspeed", PIXART_NUM_GPUS=str(num_gpus))
+    return env
+
+
+def job_variables(num_gpus: int | None) -> dict[str, int]:
+    """Work-pool job variables of a stage's pod (infra/prefect/gpu-job-template.json): a data
+    stage gets one GPU for its encoders."""
+    return {"gpus": num_gpus or 1}
+
+
+@flow(name=FLOW_NAME)
+def curriculum_stage(stage: str, profile: str, timeout_min: int, parent_run_id: str,
+                     num_gpus: int | None = None) -> Outcome:
+    """``dvc repro --single-item --pull <stage>`` then ``dvc push <stage>`` on this machine."""
+    root = get_settings().root
+    active_profile(root, profile)
+    log = get_run_logger().info
+    outcome = repro(root, stage, timeout_s=timeout_min * 60, pull=True, log=log,
+                    env=launcher_env(num_gpus, parent_run_id))
+    push(root, stage, timeout_s=timeout_min * 60, log=log)
+    return outcome
