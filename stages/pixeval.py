@@ -11,8 +11,6 @@ from stages.common import StageContext, parse
 
 # params.yaml names the backbone family; pixart.eval.backbones names the network
 FID_BACKBONES = {"efficientnet-lite0": "efficientnet-lite0", "inception": "inception-v3"}
-# DMD's generator maps noise to an image in one step and was distilled from the CFG teacher: no CFG
-ONE_STEP = {"steps": 1, "cfg": 1.0}
 
 
 def evaluate_curriculum(ctx: StageContext) -> dict[str, Metrics]:
@@ -45,10 +43,9 @@ def evaluate_curriculum(ctx: StageContext) -> dict[str, Metrics]:
         pixels = profile.pixels(stage)
         if pixels not in real:
             real[pixels] = heldout.real_images(pixels)
-        sampling = ONE_STEP if stage.kind == "dmd" else {"steps": pe.steps, "cfg": pe.cfg}
         results[name] = evaluate_stage(
-            stage_dir, heldout.prompts, heldout.scenes, real[pixels], **sampling, seed=pe.seed, height=pixels,
-            width=pixels, max_tokens=stage.max_tokens, backbone=backbone, judge=judge, clip=clip,
+            stage_dir, heldout.prompts, heldout.scenes, real[pixels], steps=pe.steps, cfg=pe.cfg, seed=pe.seed,
+            height=pixels, width=pixels, max_tokens=stage.max_tokens, backbone=backbone, judge=judge, clip=clip,
             grid_path=paths.metrics / "pixeval" / f"{name}.png", device=settings.resolved_device,
         )  # fmt: skip
         version = read_stage_info(stage_dir).get("model_version") or name

@@ -42,6 +42,21 @@ def test_every_stage_output_loads_in_diffusers_pipeline(smoke_run):
         assert re.search(rf"/{name} PixArtSigmaTransformer \[{', '.join(map(str, layers))}\]", out), out
 
 
+def test_dmd_exports_a_one_step_generator_and_pixeval_scores_every_stage(smoke_run):
+    from pixart.diffusion.one_step import one_step_t_gen
+
+    assert one_step_t_gen(smoke_run.root / "outputs/dmd") == SMOKE.stages["dmd"].dmd.t_gen
+    assert one_step_t_gen(smoke_run.root / "outputs/kv-2k") is None
+    report = json.loads((smoke_run.root / "metrics/pixeval.json").read_text())
+    assert list(report) == list(SMOKE.stages)
+    for name, metrics in report.items():
+        assert metrics["fid"] >= 0.0, (name, metrics)
+        alignment = metrics["alignment"]  # smoke's 2-step judge is refused: that is said, not scored
+        assert (0.0 <= alignment <= 1.0) if isinstance(alignment, float) else alignment.startswith("judge refused")
+    plot = (smoke_run.root / "metrics/pixeval_plot.csv").read_text().splitlines()
+    assert plot[0].startswith("stage,fid") and len(plot) == 1 + len(SMOKE.stages)
+
+
 def test_registry_holds_one_aliased_version_per_stage_with_lineage(smoke_run):
     out = subprocess.run([str(REPO / ".venv/bin/pixart"), "lineage", "models:/pixart-sigma@kv-2k"], env=smoke_run.env,
                          capture_output=True, text=True, check=True).stdout
@@ -66,6 +81,6 @@ def test_exp_run_on_one_stage_reruns_it_and_its_downstream_only(smoke_run):
     # features re-checks its content keys (a no-op: its output is unchanged), then training re-runs
     # the changed stage and what stands on it
     assert ran & set(TRAINED) == {"kv-1024", "kv-2k"}, proc.stdout
-    assert ran - set(TRAINED) <= {"features"}, proc.stdout
+    assert ran - set(TRAINED) <= {"features", "pixeval"}, proc.stdout
     info = json.loads((smoke_run.root / "outputs/kv-1024/stage.json").read_text())
     assert info["step"] == 3

@@ -89,12 +89,18 @@ def generate(
     width: int | None = typer.Option(None, help="Image width in px (default: the model's sample size)."),
     out: Path = typer.Option(..., help="PNG file to write."),
 ) -> None:
-    """Render one image from a saved pipeline."""
+    """Render one image from a saved pipeline (a DMD checkpoint: in one step, --steps/--cfg unused)."""
     import os
 
+    from pixart.diffusion.one_step import one_step_t_gen, sample_one_step
     from pixart.diffusion.sampling import sample
 
-    image = sample(model, [prompt], steps=steps, cfg=cfg, seed=seed, height=height, width=width)[0]
+    t_gen = one_step_t_gen(model)
+    if t_gen is None:
+        image = sample(model, [prompt], steps=steps, cfg=cfg, seed=seed, height=height, width=width)[0]
+    else:
+        typer.echo(f"one-step generator (DMD, t={t_gen})")
+        image = sample_one_step(model, [prompt], t_gen=t_gen, seed=seed, height=height, width=width)[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
     image.save(tmp, format="PNG")

@@ -73,16 +73,23 @@ def _as_uint8(images: Sequence) -> np.ndarray:
 
 
 def _generate(
-    pipeline, prompts: Sequence[str], *, batch_size: int, seed: int, **sampling
+    pipeline, prompts: Sequence[str], *, batch_size: int, seed: int, t_gen: int | None, steps: int, cfg: float,
+    **size,
 ) -> tuple[np.ndarray, float]:
     """All images (uint8 NHWC) and the seconds per image. Batch ``i`` uses seed ``seed + i``, so an
-    image depends on the prompt list and seed only."""
+    image depends on the prompt list and seed only. A one-step generator (``t_gen``) samples in one
+    step from its own timestep, without CFG (its teacher's guidance is distilled in)."""
+    from pixart.diffusion.one_step import sample_one_step
     from pixart.diffusion.sampling import sample
 
     images = []
     start = time.perf_counter()
     for i, first in enumerate(range(0, len(prompts), batch_size)):
-        images += sample(pipeline, prompts[first : first + batch_size], seed=seed + i, **sampling)
+        batch = prompts[first : first + batch_size]
+        if t_gen is None:
+            images += sample(pipeline, batch, seed=seed + i, steps=steps, cfg=cfg, **size)
+        else:
+            images += sample_one_step(pipeline, batch, t_gen=t_gen, seed=seed + i, **size)
     return _as_uint8(images), (time.perf_counter() - start) / len(prompts)
 
 
@@ -142,8 +149,9 @@ def evaluate_stage(
     """PixEval of one checkpoint folder: one image per prompt (fixed seeds), then ``fid`` against
     ``real_images``, ``alignment`` / ``alignment_shuffled`` (chance) when a judge is given — or
     "judge refused: <accuracy>" when it is below MIN_HELD_OUT_ACCURACY —, ``clip_score`` when a
-    scorer is given, and ``seconds_per_image``. ``steps=1`` (and ``cfg=1``) evaluates a one-step
-    (DMD) generator. Saves a sample grid to ``grid_path`` when given."""
+    scorer is given, and ``seconds_per_image``. A one-step (DMD) checkpoint is sampled in one step,
+    whatever ``steps`` and ``cfg`` say. Saves a sample grid to ``grid_path`` when given."""
+    from pixart.diffusion.one_step import one_step_t_gen
     from pixart.models.pipeline import load_pipeline
 
     if len(prompts) != len(scenes) or len(prompts) != len(real_images):
@@ -152,14 +160,16 @@ def evaluate_stage(
         )
     pipeline = load_pipeline(stage_dir).to(device)
     pipeline.set_progress_bar_config(disable=True)
+    t_gen = one_step_t_gen(stage_dir)
     images, seconds = _generate(
-        pipeline, list(prompts), batch_size=batch_size, seed=seed, steps=steps, cfg=cfg, height=height,
-        width=width, max_tokens=max_tokens,
+        pipeline, list(prompts), batch_size=batch_size, seed=seed, t_gen=t_gen, steps=steps, cfg=cfg,
+        height=height, width=width, max_tokens=max_tokens,
     )  # fmt: skip
     metrics: Metrics = {
         "fid": fid_from_images(images, real_images, backbone),
         "seconds_per_image": seconds,
         "n_images": len(images),
+        "sampler": f"one step from t={t_gen}" if t_gen is not None else f"DPM-Solver {steps} steps, CFG {cfg}",
     }
     if judge is not None:
         metrics |= _alignment(judge, images, scenes)

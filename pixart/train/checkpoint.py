@@ -52,7 +52,7 @@ class ResumableState:
         tag = step_tag(step)
         engine.save_checkpoint(str(self.dir), tag=tag, client_state={"step": step, **extra}, save_latest=False)
         if distributed.is_main():
-            save_file({k: v.contiguous() for k, v in ema.shadow.items()}, self.dir / tag / "ema.safetensors",
+            save_file({k: v.contiguous().cpu() for k, v in ema.shadow.items()}, self.dir / tag / "ema.safetensors",
                       metadata={"updates": str(ema.updates), "decay": str(ema.decay)})
         distributed.barrier()
         if distributed.is_main():

@@ -22,6 +22,9 @@ def deepspeed_config(train: TrainDefaults, batch_size: int, world_size: int) -> 
         "gradient_clipping": train.grad_clip,
         "zero_optimization": {"stage": train.zero_stage},
         "bf16": {"enabled": train.precision == "bf16"},
+        # ZeRO refuses client optimizers it has not tested unless told; CAME (the official choice)
+        # keeps factored states per parameter and partitions like Adam's
+        "zero_allow_untested_optimizer": train.optimizer != "adamw",
         # our own logging goes to MLflow; DeepSpeed's console prints would only repeat it
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,

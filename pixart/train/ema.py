@@ -19,13 +19,16 @@ class EMA:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         for k, v in model.state_dict().items():
+            if self.shadow[k].device != v.device:  # the engine moved the model after the EMA was taken
+                self.shadow[k] = self.shadow[k].to(v.device)
             if v.dtype.is_floating_point:
                 self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
             else:
                 self.shadow[k].copy_(v)
 
     def copy_to(self, model: torch.nn.Module) -> None:
-        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
+        target = model.state_dict()
+        model.load_state_dict({k: v.to(target[k].device, target[k].dtype) for k, v in self.shadow.items()})
 
     def state_dict(self) -> dict[str, object]:
         return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
