@@ -97,3 +97,27 @@ def test_micro_condition_keys_are_rejected() -> None:
     official = official_debug_state_dict() | {"csize_embedder.mlp.0.weight": torch.zeros(1)}
     with pytest.raises(KeyError, match="csize_embedder"):
         official_to_ours(official)
+
+
+def test_an_import_stage_starts_from_the_official_weights_at_its_resolution(tmp_path: Path) -> None:
+    """xl's base: an official .pth becomes the stage's transformer, exact, KV layers included."""
+    import json
+
+    from pixart.config import StageConfig, load_profile
+    from pixart.train.components import Components
+    from pixart.train.trainer import StageJob
+    from pixart.train.weak_input import load_transformer
+
+    official = official_debug_state_dict()
+    save_official(official, tmp_path / "alpha.pth")
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae/config.json").write_text(json.dumps({"block_out_channels": [8, 8, 8, 8]}))  # x8
+    name, smoke = load_profile("smoke")
+    stage = StageConfig(kind="import", pretrained=tmp_path / "alpha.pth", resolution=256, caption="raw",
+                        max_tokens=120, vae="old")
+    job = StageJob(name="base", profile_name=name, profile=smoke, stage=stage, features=tmp_path, out_dir=tmp_path,
+                   components=Components(vae=tmp_path / "vae", text_encoder=tmp_path), state_dir=tmp_path,
+                   data_version="test")
+    model = load_transformer(job, job.components)
+    assert model.config.sample_size == smoke.pixels(stage) // 8 and model.config.kv_compress_layers == [1]
+    assert_same(ours_to_official(model.state_dict(), official_to_ours(official)[1]), official)

@@ -35,7 +35,7 @@ from pixart.train.ds_config import deepspeed_config
 from pixart.train.ema import EMA
 from pixart.train.export import export_stage
 from pixart.train.optim import build_optimizer, constant_with_warmup
-from pixart.train.trainer import StageJob, global_mean
+from pixart.train.trainer import StageJob, global_mean, report_progress
 from pixart.train.weak_input import load_transformer
 
 # The distribution-matching timestep range of DMD: t in [0.02, 0.98] x 1000.
@@ -202,9 +202,11 @@ def train_dmd(job: StageJob, pairs_file: Path) -> Path:
             ema.update(generator.module)
 
             if step % train_cfg.log_every == 0 or step == stage.steps:
-                run.log_metrics({**global_mean(losses, world), "lr": schedule.get_last_lr()[0],
-                                 "grad_norm": float(generator.get_global_grad_norm() or 0.0),
-                                 "images_per_s": seen / (time.perf_counter() - tick)}, step=step)
+                metrics = {**global_mean(losses, world), "lr": schedule.get_last_lr()[0],
+                           "grad_norm": float(generator.get_global_grad_norm() or 0.0),
+                           "images_per_s": seen / (time.perf_counter() - tick)}
+                run.log_metrics(metrics, step=step)
+                report_progress(job.name, step, stage.steps, train_cfg.log_every, metrics)
                 seen, tick = 0, time.perf_counter()
             if step % train_cfg.save_every == 0 and step < stage.steps:
                 _save(state, generator, fake_score, ema, step, sampler)

@@ -18,13 +18,15 @@ class EMA:
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for k, v in model.state_dict().items():
+        state = model.state_dict()
+        for k, v in state.items():
             if self.shadow[k].device != v.device:  # the engine moved the model after the EMA was taken
                 self.shadow[k] = self.shadow[k].to(v.device)
-            if v.dtype.is_floating_point:
-                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
-            else:
+            if not v.dtype.is_floating_point:
                 self.shadow[k].copy_(v)
+        floats = [k for k, v in state.items() if v.dtype.is_floating_point]
+        # one fused kernel over all tensors: the per-tensor loop cost ~4 % of a tiny CPU step
+        torch._foreach_lerp_([self.shadow[k] for k in floats], [state[k].detach().float() for k in floats], 1 - d)
 
     def copy_to(self, model: torch.nn.Module) -> None:
         target = model.state_dict()

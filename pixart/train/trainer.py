@@ -141,11 +141,13 @@ def train(job: StageJob) -> Path:
             if step % train_cfg.log_every == 0 or step == stage.steps:
                 elapsed = time.perf_counter() - tick
                 losses = global_mean(losses, world)
-                run.log_metrics({
+                metrics = {
                     "loss": losses["loss"], "mse": losses["mse"], "vb": losses["vb"],
                     "lr": schedule.get_last_lr()[0], "grad_norm": float(engine.get_global_grad_norm() or 0.0),
                     "images_per_s": seen / elapsed,
-                }, step=step)
+                }
+                run.log_metrics(metrics, step=step)
+                report_progress(job.name, step, stage.steps, train_cfg.log_every, metrics)
                 seen, tick = 0, time.perf_counter()
             if step % train_cfg.save_every == 0 and step < stage.steps:
                 state.save(engine, step, ema, {"sampler": sampler.state_dict(), "ema_updates": ema.updates})
@@ -154,6 +156,14 @@ def train(job: StageJob) -> Path:
 
         ema.copy_to(engine.module)
         return export_stage(job, engine.module, run)
+
+
+def report_progress(name: str, step: int, steps: int, log_every: int, metrics: dict[str, float]) -> None:
+    """About twenty console lines per stage (rank 0): what `dvc repro` shows while a stage trains."""
+    every = log_every * max(1, steps // (20 * log_every))
+    if distributed.is_main() and (step % every == 0 or step == steps):
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "lr")
+        print(f"{name} step {step}/{steps}  {shown}", flush=True)
 
 
 def import_official(job: StageJob) -> Path:
