@@ -28,7 +28,7 @@ def test_smoke_curriculum_builds_every_stage(smoke_run):
 
 def test_every_stage_output_loads_in_diffusers_pipeline(smoke_run):
     script = (
-        "import sys, pixart.models\n"
+        "import sys, pixart.models.transformer  # diffusers resolves our class from an imported module\n"
         "from diffusers import PixArtSigmaPipeline\n"
         "for path in sys.argv[1:]:\n"
         "    p = PixArtSigmaPipeline.from_pretrained(path)\n"
@@ -48,7 +48,7 @@ def test_dmd_exports_a_one_step_generator_and_pixeval_scores_every_stage(smoke_r
     assert one_step_t_gen(smoke_run.root / "outputs/dmd") == SMOKE.stages["dmd"].dmd.t_gen
     assert one_step_t_gen(smoke_run.root / "outputs/kv-2k") is None
     report = json.loads((smoke_run.root / "metrics/pixeval.json").read_text())
-    assert list(report) == list(SMOKE.stages)
+    assert set(report) == set(SMOKE.stages)
     for name, metrics in report.items():
         assert metrics["fid"] >= 0.0, (name, metrics)
         alignment = metrics["alignment"]  # smoke's 2-step judge is refused: that is said, not scored

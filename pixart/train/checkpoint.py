@@ -74,3 +74,12 @@ class ResumableState:
         shadow = load_file(self.dir / tag / "ema.safetensors")
         ema.load_state_dict({"decay": ema.decay, "updates": client["ema_updates"], "shadow": shadow})
         return client
+
+    def resume(self, engine, ema, sampler) -> int:
+        """Restore engine, EMA and the sampler's position from the last checkpoint; the step to
+        continue after (0: nothing saved, a fresh start)."""
+        client = self.load(engine, ema)
+        if client is None:
+            return 0
+        sampler.load_state_dict(client["sampler"])
+        return client["step"]

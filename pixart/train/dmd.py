@@ -170,11 +170,8 @@ def train_dmd(job: StageJob, pairs_file: Path) -> Path:
     null = tuple(t.to(device) for t in load_null_caption(job.features))
 
     state = ResumableState(job.state_dir)
-    start = 0
-    client = state.load(generator, ema)
-    if client is not None:
-        start = client["step"]
-        sampler.load_state_dict(client["sampler"])
+    start = state.resume(generator, ema, sampler)
+    if start:
         fake_score.load_checkpoint(str(job.state_dir / FAKE_SCORE_DIR), tag=state.latest()[0],
                                    load_optimizer_states=True, load_lr_scheduler_states=True)
 

@@ -102,11 +102,7 @@ def train(job: StageJob) -> Path:
     scaling = job.components.scaling_factor()
 
     state = ResumableState(job.state_dir)
-    start = 0
-    client = state.load(engine, ema)
-    if client is not None:
-        start = client["step"]
-        sampler.load_state_dict(client["sampler"])
+    start = state.resume(engine, ema, sampler)
 
     batches = _batches(sampler)
     run_params = {"stage": stage.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"),
