@@ -17,7 +17,9 @@ from stages.teacher_pairs import pairs_dir
 def build_job(ctx) -> StageJob:
     profile, paths, name = ctx.profile, ctx.paths, ctx.name
     stage = profile.stages[name]
-    tracking.configure(ctx.settings)
+    # no tracking.configure here: every rank runs this, and only rank 0 may touch the store (two
+    # processes creating a fresh SQLite schema race: "duplicate column name"); tracking configures
+    # itself from the same environment on first use
     weak = tracking.resolve_weak_input(stage.init_from, paths.outputs) if stage.init_from else None
     data_version = dataset_version(paths.train_dataset(profile))
     identity = {"profile": ctx.profile_name, "stage": stage.model_dump(mode="json"),
@@ -31,7 +33,7 @@ def build_job(ctx) -> StageJob:
     )
 
 
-def sample_prompts(ctx, caption: str, n: int = 8) -> list[str]:
+def sample_prompts(ctx, caption: str, n: int = 4) -> list[str]:
     """The first held-out captions of the stage's caption kind (none for imported data)."""
     heldout = ctx.paths.heldout_data
     if ctx.profile.data.source != "generated" or not heldout.exists():
