@@ -36,6 +36,18 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+# A process group's rendezvous variables: an in-process test that trains sets them (a world of one on
+# a port its store still holds); a subprocess that inherits them would try to bind that same port.
+RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def subprocess_env(*drop_prefixes: str) -> dict[str, str]:
+    """This process's environment for a user-like subprocess: no PIXART_ settings (the subprocess
+    gets its own), none of ``drop_prefixes``, no rendezvous variables."""
+    return {k: v for k, v in os.environ.items()
+            if k not in RENDEZVOUS and not k.startswith(("PIXART_", *drop_prefixes))}
+
+
 def copy_repo(dst: Path, profile: str) -> Path:
     """The repo's tracked and unignored files in ``dst``, .venv linked, ``profile`` active, git
     initialised: what a user's clone looks like, without touching the checkout."""
@@ -72,7 +84,7 @@ def dvc(run: SmokeRun, *args: str) -> subprocess.CompletedProcess:
 def smoke_run(tmp_path_factory) -> SmokeRun:
     """`dvc repro` of the whole smoke curriculum, once per test session."""
     root = copy_repo(tmp_path_factory.mktemp("smoke"), "smoke")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXART_")}
+    env = subprocess_env()
     env.update(PIXART_ROOT=str(root), TORCH_EXTENSIONS_DIR=os.environ["TORCH_EXTENSIONS_DIR"])
     start = time.perf_counter()
     proc = subprocess.run([str(REPO / ".venv/bin/dvc"), "repro"], cwd=root, env=env, capture_output=True, text=True, check=False)

@@ -4,7 +4,6 @@ copy of the repo (slow: one curriculum run, then one retried stage)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pixart.config import load_profile
-from tests.conftest import REPO, copy_repo
+from tests.conftest import REPO, copy_repo, subprocess_env
 from tests.servers import HOST, Server, free_port, http_ready
 
 pytestmark = pytest.mark.slow
@@ -47,7 +46,7 @@ def prefect_env(tmp_path_factory):
     root = copy_repo(tmp / "repo", "smoke")
     port = free_port()
     api = f"http://{HOST}:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIXART_", "PREFECT_"))}
+    env = subprocess_env("PREFECT_")
     env.update(PIXART_ROOT=str(root), PIXART_TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}",
                PREFECT_API_URL=api, PREFECT_HOME=str(tmp / "prefect-client"),
                PREFECT_SERVER_ANALYTICS_ENABLED="false")

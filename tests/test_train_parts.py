@@ -28,3 +28,4 @@ def test_ema_follows_the_model_to_the_engines_device_and_back():
     ema.shadow = {k: torch.ones_like(v, device="cpu") for k, v in ema.shadow.items()}
     ema.copy_to(target)
     assert target.weight.dtype == torch.float64 and torch.equal(target.weight, torch.ones(4, 4, dtype=torch.float64))
+
