@@ -1,4 +1,4 @@
-"""Training steps/s reading the feature cache vs encoding VAE + T5 on the fly, same model and batches.
+"""Training steps/s reading the feature cache vs encoding VAE + text on the fly, same model and batches.
 
     OMP_NUM_THREADS=1 python bench/feature_cache.py [--images 256 --batch 64 --steps 10]
 
@@ -16,17 +16,12 @@ from pathlib import Path
 
 import torch
 
+from pixart.config import load_profile
 from pixart.data.buckets import AspectRatioBatchSampler
 from pixart.data.features import FeatureCache, build_feature_cache, load_pixels
 from pixart.data.format import load_dataset
 from pixart.data.generate import generate_dataset
-from pixart.models.builders import (
-    TINY_VAE_CONFIGS,
-    build_text_encoder,
-    build_vae,
-    encode_captions,
-    train_tokenizer,
-)
+from pixart.models.builders import TINY_VAE_CONFIGS, build_vae, encode_captions, packaged_text_encoder
 from pixart.models.specs import get_spec
 from pixart.models.transformer import build_transformer, pe_interpolation
 
@@ -60,10 +55,8 @@ def main() -> None:
         tmp = Path(tmp_name)
         generate_dataset(tmp / "data", n=args.images, seed=0, resolution_px=args.resolution)
         entries = load_dataset(tmp / "data")
-        tokenizer = train_tokenizer([e.sharegpt4v for e in entries] + [e.prompt for e in entries], tmp / "tok", 512)
-        spec = get_spec("tiny")
         vae = build_vae(TINY_VAE_CONFIGS["new"]).eval()
-        text_encoder = build_text_encoder(spec, vocab_size=len(tokenizer))
+        text_encoder, tokenizer = packaged_text_encoder(load_profile("tiny")[1].text_encoder.package)
 
         start = time.perf_counter()
         cache_dir = build_feature_cache(tmp / "data", tmp / "cache", vae=vae, text_encoder=text_encoder,
@@ -99,7 +92,8 @@ def main() -> None:
         results = {}
         for name, source in (("cache", cached), ("on-the-fly", on_the_fly)):
             torch.manual_seed(0)
-            model = build_transformer(spec, sample_size=latent_side, interpolation_scale=pe_interpolation(256))
+            model = build_transformer(get_spec("tiny"), sample_size=latent_side,
+                                      interpolation_scale=pe_interpolation(256))
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
             train_step(model, optimizer, *source(batches[0]), scaling, alphas_cumprod)  # warm-up
             start = time.perf_counter()

