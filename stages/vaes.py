@@ -1,4 +1,5 @@
-"""vaes: the profile's old and new VAE. tiny trains both here (one process); xl links its local
+"""vaes: the profile's old and new VAE. tiny trains both here (one process) and writes their held-out
+reconstruction errors (all pixels, objects' pixels) to metrics/vaes.json; xl links its local
 pretrained folders into place."""
 
 from pixart import atomic, tracking
@@ -9,6 +10,7 @@ from stages.common import parse
 
 def main() -> None:
     ctx = parse(__doc__)
+    quality = {}
     for name, cfg in ctx.profile.vaes.items():
         out = ctx.paths.vae(name)
         if cfg.path is not None:
@@ -19,8 +21,10 @@ def main() -> None:
         tracking.configure(ctx.settings)
         params = {"profile": ctx.profile_name, "vae": cfg.model_dump(mode="json"), "sizes": sizes}
         with tracking.stage_run(f"vae-{name}", params) as run:
-            mse = train_vae(name, cfg, ctx.profile.train, ctx.paths.train_dataset(ctx.profile), sizes, out, run)
-        print(f"vae-{name}: reconstruction MSE {mse:.4f} -> {out}")
+            quality[name] = train_vae(name, cfg, ctx.profile.train, ctx.paths.train_dataset(ctx.profile),
+                                      ctx.paths.heldout_data, sizes, out, run)
+        print(f"vae-{name}: held-out reconstruction {quality[name]} -> {out}")
+    atomic.write_json(ctx.paths.metrics / "vaes.json", quality)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,18 @@
 """Training the tiny profile's VAEs: stand-ins for SD1.5's and SDXL's, which cannot be had offline.
 
-Under DeepSpeed like every trainer. Random crops of the dataset's images at the curriculum's pixel
-sizes; loss = MSE + L1 + a small KL (the usual KL-VAE recipe without the GAN and LPIPS terms, whose
-weights are not available offline). ``scaling_factor`` = 1 / std of the training latents, the rule
-Stable Diffusion's factors came from, unless params fix it.
+Under DeepSpeed like every trainer. Crops of the dataset's images at the curriculum's pixel sizes;
+loss = MSE + L1 + a small KL (the usual KL-VAE recipe without the GAN and LPIPS terms, whose weights
+are not available offline); the lr decays on a cosine (a constant lr left the held-out MSE at ~0.16
+where the decay reaches ~0.04 in the same steps).
+
+The objects of the generated scenes cover a few per cent of an image, so a VAE can reach a low MSE
+by drawing the background alone, and then no later stage can draw an object. Each crop is therefore
+the most varied of ``CONTENT_CANDIDATES`` random ones, and the quality reported is the error on the
+objects' pixels as well as on all pixels (measured: 200 steps, batch 8: object MSE 0.58 with plain
+random crops, 0.44 with best-of-4; 400 steps at batch 16, lr 1e-3: 0.23, objects drawn in place).
+
+``scaling_factor`` = 1 / std of the training latents, the rule Stable Diffusion's factors came from,
+unless params fix it.
 """
 
 from __future__ import annotations
@@ -23,6 +32,11 @@ from pixart.train import distributed
 
 KL_WEIGHT = 1e-6
 CROP = 32
+CONTENT_CANDIDATES = 4
+HELD_OUT_CROPS = 128
+# a pixel belongs to an object when its colour is this far (L1 over RGB in [-1, 1]) from the crop's
+# median colour, which is the background's in these scenes
+OBJECT_THRESHOLD = 0.3
 
 
 def _crops(dataset_dir: Path, sizes: list[int], batch: int, rng: np.random.Generator):
@@ -35,26 +49,31 @@ def _crops(dataset_dir: Path, sizes: list[int], batch: int, rng: np.random.Gener
             img = images[i]
             scale = side / min(img.size)
             img = img.resize((max(CROP, round(img.width * scale)), max(CROP, round(img.height * scale))), Image.BICUBIC)
-            x, y = rng.integers(0, img.width - CROP + 1), rng.integers(0, img.height - CROP + 1)
-            out.append(np.asarray(img.crop((x, y, x + CROP, y + CROP)), dtype=np.float32))
+            pixels = np.asarray(img, dtype=np.float32)
+            candidates = []
+            for _ in range(CONTENT_CANDIDATES):
+                y, x = rng.integers(0, pixels.shape[0] - CROP + 1), rng.integers(0, pixels.shape[1] - CROP + 1)
+                candidates.append(pixels[y : y + CROP, x : x + CROP])
+            out.append(max(candidates, key=lambda c: float(c.std(axis=(0, 1)).sum())))
         yield torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2) / 127.5 - 1
 
 
-def train_vae(name: str, cfg: VAEConfig, train: TrainDefaults, dataset_dir: Path, sizes: list[int],
-              out_dir: Path, run) -> float:
-    """Train VAE ``name`` and write it to ``out_dir``; returns the final reconstruction MSE."""
+def train_vae(name: str, cfg: VAEConfig, train: TrainDefaults, dataset_dir: Path, heldout_dir: Path,
+              sizes: list[int], out_dir: Path, run) -> dict[str, float]:
+    """Train VAE ``name`` and write it to ``out_dir``; returns its held-out reconstruction errors."""
     import deepspeed
 
     from pixart.train.ds_config import deepspeed_config
+    from pixart.train.optim import cosine_with_warmup
 
     _, world = distributed.init()
     vae = build_vae(TINY_VAE_CONFIGS[cfg.config], seed=train.seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr)
+    schedule = cosine_with_warmup(optimizer, cfg.steps // 10, cfg.steps)
     ds = deepspeed_config(train.model_copy(update={"grad_clip": 1.0}), cfg.batch_size, world)
-    engine, _, _, _ = deepspeed.initialize(model=vae, optimizer=optimizer, config=ds)
+    engine, _, _, _ = deepspeed.initialize(model=vae, optimizer=optimizer, lr_scheduler=schedule, config=ds)
     rng = np.random.default_rng(train.seed)
     batches = _crops(dataset_dir, sizes, engine.train_micro_batch_size_per_gpu(), rng)
-    mse = torch.tensor(float("nan"))
     for step in tqdm(range(1, cfg.steps + 1), desc=f"vae-{name}", disable=not distributed.is_main()):
         x = next(batches).to(distributed.device())
         posterior = engine.module.encode(x).latent_dist
@@ -69,12 +88,27 @@ def train_vae(name: str, cfg: VAEConfig, train: TrainDefaults, dataset_dir: Path
     vae = engine.module.eval()
     scaling = cfg.scaling_factor or _latent_scale(vae, next(batches))
     vae.register_to_config(scaling_factor=scaling)
-    run.log_metrics({"scaling_factor": scaling}, step=cfg.steps)
+    held_out = heldout_errors(vae, heldout_dir, sizes, seed=train.seed)
+    run.log_metrics({"scaling_factor": scaling, **held_out}, step=cfg.steps)
     if distributed.is_main():
         with atomic.folder(out_dir) as tmp:
             vae.save_pretrained(tmp, safe_serialization=True)
     distributed.barrier()
-    return mse.item()
+    return held_out
+
+
+@torch.no_grad()
+def heldout_errors(vae, heldout_dir: Path, sizes: list[int], seed: int) -> dict[str, float]:
+    """Reconstruction MSE (pixels in [-1, 1], posterior mode) on fixed crops of the held-out images:
+    over all pixels, and over the objects' pixels only."""
+    crops = next(_crops(heldout_dir, sizes, HELD_OUT_CROPS, np.random.default_rng(seed))).to(vae.device)
+    squared = (vae.decode(vae.encode(crops).latent_dist.mode()).sample - crops) ** 2
+    background = crops.flatten(2).median(-1).values[..., None, None]
+    objects = ((crops - background).abs().sum(1, keepdim=True) > OBJECT_THRESHOLD).float()
+    return {
+        "heldout_mse": squared.mean().item(),
+        "heldout_object_mse": ((squared * objects).sum() / (3 * objects.sum()).clamp(min=1)).item(),
+    }
 
 
 @torch.no_grad()
