@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from pixart import tracking
 from pixart.eval.backbones import build_backbone
-from pixart.eval.pixeval import Metrics, ensure_judge, evaluate_stage, load_heldout, numeric, write_reports
+from pixart.eval.pixeval import (
+    Metrics,
+    ensure_judge,
+    evaluate_stage,
+    load_heldout,
+    numeric,
+    reference_images,
+    write_reports,
+)
 from pixart.train.export import read_stage_info
 from stages.common import StageContext, parse
 
@@ -17,6 +25,7 @@ def evaluate_curriculum(ctx: StageContext) -> dict[str, Metrics]:
     """PixEval of each trained stage in curriculum order; ``dmd`` only when its folder exists."""
     profile, paths, settings, pe = ctx.profile, ctx.paths, ctx.settings, ctx.profile.pixeval
     heldout = load_heldout(paths.heldout_data, pe.n_prompts)
+    reference = reference_images(paths.heldout_data, profile.pixels(pe.reference_resolution))
     weights = settings.path(pe.inception_path) if pe.inception_path else None
     backbone = build_backbone(FID_BACKBONES[pe.fid_backbone], weights, settings.resolved_device)
     judge = None
@@ -31,7 +40,6 @@ def evaluate_curriculum(ctx: StageContext) -> dict[str, Metrics]:
         clip = ClipScorer(settings.path(pe.clip_path), settings.resolved_device)
     tracking.configure(settings)
     results: dict[str, Metrics] = {}
-    real = {}
     for name, stage in profile.stages.items():
         stage_dir = paths.stage(name)
         if stage.kind == "dmd" and not stage_dir.exists():
@@ -41,10 +49,8 @@ def evaluate_curriculum(ctx: StageContext) -> dict[str, Metrics]:
                 f"pixeval: stage '{name}' has no checkpoint at {stage_dir} (train it first)"
             )
         pixels = profile.pixels(stage)
-        if pixels not in real:
-            real[pixels] = heldout.real_images(pixels)
         results[name] = evaluate_stage(
-            stage_dir, heldout.prompts, heldout.scenes, real[pixels], steps=pe.steps, cfg=pe.cfg, seed=pe.seed,
+            stage_dir, heldout.prompts, heldout.scenes, reference, steps=pe.steps, cfg=pe.cfg, seed=pe.seed,
             height=pixels, width=pixels, max_tokens=stage.max_tokens, backbone=backbone, judge=judge, clip=clip,
             grid_path=paths.metrics / "pixeval" / f"{name}.png", device=settings.resolved_device,
         )  # fmt: skip

@@ -18,7 +18,7 @@ from pixart.data.format import load_dataset
 from pixart.data.generate import generate_dataset
 from pixart.eval.backbones import build_backbone
 from pixart.eval.judge import MIN_HELD_OUT_ACCURACY, Judge, train_judge
-from pixart.eval.pixeval import ensure_judge, evaluate_stage, load_heldout, write_reports
+from pixart.eval.pixeval import ensure_judge, evaluate_stage, load_heldout, reference_images, write_reports
 from pixart.models.pipeline import save_pipeline
 from pixart.paths import CurriculumPaths
 from pixart.settings import Settings
@@ -56,19 +56,28 @@ def weak_judge(tmp_path_factory: pytest.TempPathFactory) -> Judge:
 
 def _evaluate(stage_dir, heldout, backbone, judge, **extra):
     return evaluate_stage(
-        stage_dir, heldout.prompts, heldout.scenes, heldout.real_images(SIDE), steps=2, cfg=4.5, seed=3,
+        stage_dir, heldout.prompts, heldout.scenes, reference_images(heldout.dataset_dir, SIDE), steps=2, cfg=4.5, seed=3,
         height=SIDE, width=SIDE, max_tokens=32, backbone=backbone, judge=judge, batch_size=2, **extra,
     )  # fmt: skip
 
 
-def test_heldout_prompts_are_dense_captions_and_real_images_are_cropped_to_the_stage_size(heldout) -> None:
+def test_heldout_prompts_are_dense_captions_and_the_reference_is_the_high_quality_tier(heldout, tmp_path) -> None:
     assert len(heldout.entries) == N_PROMPTS
     assert heldout.prompts == [e.sharegpt4v for e in heldout.entries]
-    real = heldout.real_images(SIDE)
-    assert real.shape == (N_PROMPTS, 3, SIDE, SIDE)
-    assert 0.0 <= float(real.min()) and float(real.max()) <= 1.0
+    entries = load_dataset(heldout.dataset_dir)
+    high = [e for e in entries if e.quality == "high"]
+    assert 2 <= len(high) < len(entries)  # the fixture has both tiers
+    reference = reference_images(heldout.dataset_dir, 48)
+    assert reference.shape == (len(high), 3, 48, 48)
+    assert 0.0 <= float(reference.min()) and float(reference.max()) <= 1.0
     with pytest.raises(ValueError, match="FID needs at least 2"):
         load_heldout(heldout.dataset_dir, 1)
+    low_only = tmp_path / "low"
+    shutil.copytree(heldout.dataset_dir, low_only)
+    info = json.loads((low_only / "data_info.json").read_text())
+    (low_only / "data_info.json").write_text(json.dumps([{**e, "quality": "low"} for e in info]))
+    with pytest.raises(ValueError, match="high-quality held-out images"):
+        reference_images(low_only, 48)
 
 
 def test_evaluate_stage_gives_finite_repeatable_numbers_and_an_untrusted_judge_refuses(
@@ -94,7 +103,8 @@ def test_evaluate_stage_gives_finite_repeatable_numbers_and_an_untrusted_judge_r
 def test_evaluate_stage_rejects_mismatched_inputs(stage_dir, heldout, backbone) -> None:
     with pytest.raises(ValueError, match="differ in number"):
         evaluate_stage(
-            stage_dir, heldout.prompts[:-1], heldout.scenes, heldout.real_images(SIDE), steps=2, cfg=4.5, seed=0,
+            stage_dir, heldout.prompts[:-1], heldout.scenes, reference_images(heldout.dataset_dir, SIDE), steps=2,
+            cfg=4.5, seed=0,
             height=SIDE, width=SIDE, max_tokens=32, backbone=backbone,
         )  # fmt: skip
 

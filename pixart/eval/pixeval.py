@@ -1,10 +1,11 @@
 """PixEval: one stage's checkpoint against the held-out set — FID, alignment, CLIP-score, speed.
 
 Every stage renders the same held-out prompts (the dense captions of held-out scenes) with the same
-seeds, so numbers and sample grids compare stage by stage. FID is taken against the held-out REAL
-images rendered at the stage's pixel size the way training sees them (cover-resize, centre crop);
-the backbone then resizes both sets alike. Alignment asks the judge whether each image shows its
-prompt's scene; the same images scored against shuffled scenes give the chance level.
+seeds, so numbers and sample grids compare stage by stage. FID is taken against one fixed reference
+set for every stage, as the paper's MJHQ-30K: the held-out REAL images of the high-quality tier at
+the reference resolution, cropped the way training crops them; the backbone then resizes both sets
+alike, so a low-resolution stage pays for its blur. Alignment asks the judge whether each image shows
+its prompt's scene; the same images scored against shuffled scenes give the chance level.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ Metrics = dict[str, float | str]
 
 @dataclass(frozen=True)
 class HeldOut:
-    """The PixEval prompt set: held-out entries, their prompts, scenes and real images."""
+    """The PixEval prompt set: held-out entries, their prompts and scenes."""
 
     dataset_dir: Path
     entries: list[Entry]
@@ -50,13 +51,17 @@ class HeldOut:
     def scenes(self) -> list[SceneInfo | None]:
         return [e.scene for e in self.entries]
 
-    def real_images(self, pixels: int) -> torch.Tensor:
-        """The real images as float NCHW in [0, 1], ``pixels`` square, cropped as training crops them."""
-        from pixart.data.features import load_pixels
 
-        return torch.stack(
-            [(load_pixels(self.dataset_dir / e.path, pixels, pixels) + 1) / 2 for e in self.entries]
-        )
+def reference_images(dataset_dir: Path, pixels: int) -> torch.Tensor:
+    """The FID reference: every high-quality image of a held-out dataset as float NCHW in [0, 1],
+    ``pixels`` square, cropped as training crops them."""
+    from pixart.data.features import load_pixels
+
+    dataset_dir = Path(dataset_dir)
+    entries = [e for e in load_dataset(dataset_dir) if e.quality == "high"]
+    if len(entries) < 2:
+        raise ValueError(f"{dataset_dir}: {len(entries)} high-quality held-out images; FID needs at least 2")
+    return torch.stack([(load_pixels(dataset_dir / e.path, pixels, pixels) + 1) / 2 for e in entries])
 
 
 def load_heldout(dataset_dir: Path, n_prompts: int) -> HeldOut:
@@ -131,7 +136,7 @@ def evaluate_stage(
     stage_dir: Path,
     prompts: Sequence[str],
     scenes: Sequence[SceneInfo | None],
-    real_images: torch.Tensor | np.ndarray,
+    reference: torch.Tensor | np.ndarray,
     *,
     steps: int,
     cfg: float,
@@ -147,17 +152,15 @@ def evaluate_stage(
     device: str = "cpu",
 ) -> Metrics:
     """PixEval of one checkpoint folder: one image per prompt (fixed seeds), then ``fid`` against
-    ``real_images``, ``alignment`` / ``alignment_shuffled`` (chance) when a judge is given — or
+    the ``reference`` images, ``alignment`` / ``alignment_shuffled`` (chance) when a judge is given — or
     "judge refused: <accuracy>" when it is below MIN_HELD_OUT_ACCURACY —, ``clip_score`` when a
     scorer is given, and ``seconds_per_image``. A one-step (DMD) checkpoint is sampled in one step,
     whatever ``steps`` and ``cfg`` say. Saves a sample grid to ``grid_path`` when given."""
     from pixart.diffusion.one_step import one_step_t_gen
     from pixart.models.pipeline import load_pipeline
 
-    if len(prompts) != len(scenes) or len(prompts) != len(real_images):
-        raise ValueError(
-            f"prompts ({len(prompts)}), scenes ({len(scenes)}) and real_images ({len(real_images)}) differ in number"
-        )
+    if len(prompts) != len(scenes):
+        raise ValueError(f"prompts ({len(prompts)}) and scenes ({len(scenes)}) differ in number")
     pipeline = load_pipeline(stage_dir).to(device)
     pipeline.set_progress_bar_config(disable=True)
     t_gen = one_step_t_gen(stage_dir)
@@ -166,7 +169,7 @@ def evaluate_stage(
         height=height, width=width, max_tokens=max_tokens,
     )  # fmt: skip
     metrics: Metrics = {
-        "fid": fid_from_images(images, real_images, backbone),
+        "fid": fid_from_images(images, reference, backbone),
         "seconds_per_image": seconds,
         "n_images": len(images),
         "sampler": f"one step from t={t_gen}" if t_gen is not None else f"DPM-Solver {steps} steps, CFG {cfg}",
