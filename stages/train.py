@@ -3,6 +3,7 @@ train), distilled into a one-step generator from its teacher pairs (dmd), or con
 official checkpoint (import)."""
 
 from pixart import tracking
+from pixart.data.features import feature_key
 from pixart.data.format import dataset_version, load_dataset
 from pixart.paths import feature_set
 from pixart.train.checkpoint import run_key
@@ -22,12 +23,15 @@ def build_job(ctx) -> StageJob:
     # itself from the same environment on first use
     weak = tracking.resolve_weak_input(stage.init_from, paths.outputs) if stage.init_from else None
     data_version = dataset_version(paths.train_dataset(profile))
+    features = paths.features(feature_set(profile, name))
+    # the features' key stands for the VAE and text encoder too: a retrained VAE never resumes a
+    # run that trained on the old one's latents
     identity = {"profile": ctx.profile_name, "stage": stage.model_dump(mode="json"),
                 "train": profile.train.model_dump(mode="json"), "data": data_version,
-                "weak_input": str(weak and (weak / "stage.json").read_text())}
+                "features": feature_key(features), "weak_input": str(weak and (weak / "stage.json").read_text())}
     return StageJob(
         name=name, profile_name=ctx.profile_name, profile=profile, stage=stage,
-        features=paths.features(feature_set(profile, name)), components=Components.for_stage(stage, paths),
+        features=features, components=Components.for_stage(stage, paths),
         out_dir=paths.stage(name), state_dir=paths.state(name) / run_key(identity),
         data_version=data_version, weak_input=weak, sample_prompts=sample_prompts(ctx, stage.caption),
     )

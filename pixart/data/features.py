@@ -94,6 +94,13 @@ def _read_index(out_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def feature_key(out_dir: Path) -> str | None:
+    """The content key of the feature cache in ``out_dir`` (None where there is none): it changes
+    with the VAE, the text encoder, the data and every encoding setting."""
+    index = _read_index(Path(out_dir))
+    return index and index.get("key")
+
+
 def build_feature_cache(
     dataset_dir: Path,
     out_dir: Path,
