@@ -105,6 +105,25 @@ def test_the_packaged_minilm_is_the_tiny_specs_encoder_and_its_null_caption_is_t
     assert (features[0, 2] - features[1, 2]).norm() > 0.1 * features[0, 2].norm()
 
 
+@pytest.mark.parametrize("encoder_kind", ["debug-t5", "minilm"])
+def test_padding_to_the_longest_caption_keeps_every_real_tokens_features(tmp_path: Path, encoder_kind: str) -> None:
+    if encoder_kind == "minilm":
+        from pixart.config import load_profile
+
+        encoder, tokenizer = packaged_text_encoder(load_profile("tiny")[1].text_encoder.package)
+    else:
+        tokenizer = train_tokenizer(CAPTIONS, tmp_path / "tok", vocab_size=48)
+        encoder = build_text_encoder(get_spec("debug"), vocab_size=len(tokenizer))
+    captions = [CAPTIONS[0], CAPTIONS[1] + " " + CAPTIONS[2], "a"]
+    full, full_mask = encode_captions(encoder, tokenizer, captions, 300)
+    short, short_mask = encode_captions(encoder, tokenizer, captions, 300, pad_to_max=False)
+    longest = int(full_mask.sum(1).max())
+    assert short.shape[1] == longest < 300
+    assert torch.equal(short_mask, full_mask[:, :longest])
+    real = short_mask.bool()
+    torch.testing.assert_close(short[real], full[:, :longest][real], rtol=1e-4, atol=1e-5)
+
+
 def test_a_package_without_a_model_folder_is_named_in_the_error() -> None:
     with pytest.raises(ImportError, match="'no_such_package_xyz' is not installed"):
         packaged_model_path("no_such_package_xyz")

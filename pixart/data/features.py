@@ -174,7 +174,7 @@ def build_feature_cache(
             pixels = torch.stack([load_pixels(dataset_dir / entries[i].path, height, width) for i in batch])
             dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
             captions = [entries[i].caption(caption_kind) for i in batch]
-            text, mask = encode_captions(text_encoder, tokenizer, captions, max_tokens)
+            text, mask = encode_captions(text_encoder, tokenizer, captions, max_tokens, pad_to_max=False)
             longest = int(mask.sum(dim=1).max())
             name = f"shard-{n:05d}.safetensors"
             save_file(

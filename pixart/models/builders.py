@@ -187,13 +187,21 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
 @torch.no_grad()
 def encode_captions(
-    text_encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, captions: Sequence[str], max_tokens: int
+    text_encoder: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    captions: Sequence[str],
+    max_tokens: int,
+    *,
+    pad_to_max: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Text features (B, max_tokens, C) and attention mask (B, max_tokens), tokenised as the
-    PixArtSigmaPipeline does (pad to ``max_tokens``, truncate, the tokenizer's special tokens added)."""
+    PixArtSigmaPipeline does (pad to ``max_tokens``, truncate, the tokenizer's special tokens added).
+
+    ``pad_to_max`` False pads to the batch's longest caption instead: the real tokens' features are
+    the same (padding is masked out of the encoder's attention), at a fraction of the cost."""
     tokens = tokenizer(
         list(captions),
-        padding="max_length",
+        padding="max_length" if pad_to_max else "longest",
         max_length=max_tokens,
         truncation=True,
         add_special_tokens=True,
