@@ -7,6 +7,7 @@ import torch
 
 from pixart.config import DMDConfig, TrainDefaults
 from pixart.diffusion.one_step import sample_one_step
+from pixart.models.builders import encode_captions
 from pixart.train.dmd import distribution_matching_loss, dmd_draws, dmd_step, generate
 from tests.helpers_models import DEBUG_IMAGE_SIDE, DEBUG_LATENT_SIDE, debug_parts, perturb
 
@@ -81,9 +82,9 @@ def test_one_step_sample_equals_the_generator_formula(parts):
         latents = sample_one_step(pipeline, prompts, t_gen=t_gen, seed=3, height=DEBUG_IMAGE_SIDE,
                                   width=DEBUG_IMAGE_SIDE, max_tokens=16, output_type="latent")
         z = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(3))
-        text, mask, _, _ = pipeline.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=16,
-                                                  clean_caption=False)
         with torch.no_grad():
+            # the sampler's caption features: trimmed to the longest caption (padding is masked out)
+            text, mask = encode_captions(pipeline.text_encoder, pipeline.tokenizer, prompts, 16, pad_to_max=False)
             expected = generate(pipeline.transformer, z, t_gen, text, mask)
         torch.testing.assert_close(latents, expected, rtol=1e-5, atol=1e-5)
     # `--steps 1` through DPM-Solver alone starts at t = 999: not the generator at t_gen = 400

@@ -21,6 +21,14 @@ PROMPT = "a small red circle on the left"
 STEPS, CFG, SEED = 3, 4.5, 7
 
 
+def assert_same_image(ours: np.ndarray, stock: np.ndarray) -> None:
+    """Our sampler feeds the caption features trimmed to the longest caption, the stock pipeline pads
+    them to max_sequence_length: masked padding changes only the attention's float summation order
+    (~1e-6), so a pixel may round one level apart; a dropped weight would move whole images."""
+    diff = np.abs(ours.astype(np.int16) - stock.astype(np.int16))
+    assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())
+
+
 def test_compressed_checkpoint_loads_with_stock_pipeline_and_matches_pixart_generate(tmp_path: Path) -> None:
     from diffusers import PixArtSigmaPipeline
 
@@ -61,7 +69,7 @@ def test_compressed_checkpoint_loads_with_stock_pipeline_and_matches_pixart_gene
     assert result.exit_code == 0, result.output
     generated = np.asarray(Image.open(out).convert("RGB"))
     assert generated.shape == (DEBUG_IMAGE_SIDE, DEBUG_IMAGE_SIDE, 3)
-    assert np.array_equal(generated, np.asarray(image))
+    assert_same_image(generated, np.asarray(image))
     assert generated.std() > 0  # an image, not a constant
     in_memory = sample(
         parts, [PROMPT], steps=STEPS, cfg=CFG, seed=SEED, height=DEBUG_IMAGE_SIDE, width=DEBUG_IMAGE_SIDE
@@ -98,4 +106,4 @@ def test_a_stage_with_the_packaged_minilm_encoder_loads_with_stock_pipeline_and_
                  use_resolution_binning=False, clean_caption=False, max_sequence_length=120).images[0]  # fmt: skip
     in_memory = sample(parts, [PROMPT], steps=STEPS, cfg=CFG, seed=SEED, height=DEBUG_IMAGE_SIDE,
                        width=DEBUG_IMAGE_SIDE, max_tokens=120)  # fmt: skip
-    assert np.array_equal(np.asarray(in_memory[0]), np.asarray(image))
+    assert_same_image(np.asarray(in_memory[0]), np.asarray(image))

@@ -57,6 +57,8 @@ def sample_one_step(
 ) -> Any:
     """One-step samples of a DMD generator: PIL images (``output_type="pil"``) or the (B, C, h, w)
     latents (``"latent"``). The initial noise is the pipeline's, drawn from ``seed`` as ``sample`` does."""
+    from pixart.diffusion.sampling import prompt_embeddings
+
     if not 1 <= t_gen < 1000:
         raise ValueError(f"t_gen: {t_gen} is not in 1..999")
     if isinstance(pipeline_or_path, (str, Path)):
@@ -67,15 +69,13 @@ def sample_one_step(
         pipeline = pipeline_or_path
     pipeline.scheduler = dpm_solver_scheduler()
     result = pipeline(
-        prompt=list(prompts),
+        **prompt_embeddings(pipeline, prompts, max_tokens, negative=False),
         timesteps=[t_gen],
         guidance_scale=1.0,
         generator=torch.Generator(device="cpu").manual_seed(seed),
         height=height,
         width=width,
-        max_sequence_length=max_tokens,
         use_resolution_binning=False,
-        clean_caption=False,
         output_type=output_type,
     )
     return result.images

@@ -213,6 +213,26 @@ def encode_captions(
     return features, mask
 
 
+def pad_tokens(text: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad caption features (B, L, C) and mask (B, L) to ``length`` tokens (padding is masked)."""
+    pad = length - text.shape[1]
+    if pad < 0:
+        raise ValueError(f"pad_tokens: {text.shape[1]} tokens do not fit in {length}")
+    return torch.nn.functional.pad(text, (0, 0, 0, pad)), torch.nn.functional.pad(mask, (0, pad))
+
+
+def with_null_caption(
+    text: torch.Tensor, mask: torch.Tensor, null_text: torch.Tensor, null_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Captions (B, L, C) and the null caption (1, L0, C) padded to one length, the null expanded to
+    B rows: the conditional and unconditional halves of classifier-free guidance."""
+    length = max(text.shape[1], null_text.shape[1])
+    text, mask = pad_tokens(text, mask, length)
+    null_text, null_mask = pad_tokens(null_text, null_mask, length)
+    n = text.shape[0]
+    return text, mask, null_text.expand(n, -1, -1), null_mask.expand(n, -1)
+
+
 def null_caption_embedding(
     text_encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_tokens: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,9 +28,10 @@ from pixart.data.null_caption import load_null_caption
 from pixart.diffusion.losses import q_sample
 from pixart.diffusion.one_step import predicted_x0
 from pixart.diffusion.schedule import NUM_TRAIN_TIMESTEPS
+from pixart.models.builders import with_null_caption
 from pixart.train import distributed
 from pixart.train.checkpoint import ResumableState, step_tag
-from pixart.train.dmd_pairs import TeacherPairs, latent_shape, pad_tokens
+from pixart.train.dmd_pairs import TeacherPairs, latent_shape
 from pixart.train.ds_config import deepspeed_config
 from pixart.train.ema import EMA
 from pixart.train.export import export_stage
@@ -62,12 +63,8 @@ def generate(generator, z: torch.Tensor, t_gen: int, text: torch.Tensor, mask: t
 def real_score_x0(teacher, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor,
                   null_text: torch.Tensor, null_mask: torch.Tensor, cfg: float) -> torch.Tensor:
     """The frozen teacher's x0 prediction with classifier-free guidance against the null caption."""
-    length = max(text.shape[1], null_text.shape[1])
-    text, mask = pad_tokens(text, mask, length)
-    null, null_m = pad_tokens(null_text, null_mask, length)
-    n = x_t.shape[0]
-    e = eps(teacher, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([text, null.expand(n, -1, -1)]),
-            torch.cat([mask, null_m.expand(n, -1)]))
+    text, mask, null, null_m = with_null_caption(text, mask, null_text, null_mask)
+    e = eps(teacher, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([text, null]), torch.cat([mask, null_m]))
     cond, uncond = e.chunk(2)
     return predicted_x0(x_t, uncond + cfg * (cond - uncond), t)
 

@@ -19,16 +19,9 @@ from tqdm import tqdm
 from pixart import atomic
 from pixart.data.features import FeatureCache
 from pixart.data.null_caption import load_null_caption
+from pixart.models.builders import with_null_caption
 
 PAIRS_FILE = "pairs.safetensors"
-
-
-def pad_tokens(text: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad caption features (B, L, C) and mask (B, L) to ``length`` tokens (padding is masked)."""
-    pad = length - text.shape[1]
-    if pad < 0:
-        raise ValueError(f"pad_tokens: {text.shape[1]} tokens do not fit in {length}")
-    return torch.nn.functional.pad(text, (0, 0, 0, pad)), torch.nn.functional.pad(mask, (0, pad))
 
 
 def latent_shape(cache: FeatureCache) -> torch.Size:
@@ -60,12 +53,10 @@ def make_teacher_pairs(teacher_dir: Path, features: Path, out_dir: Path, *, pair
     for start in tqdm(range(0, pairs, batch_size), desc="teacher pairs"):
         rows = index[start:start + batch_size]
         batch = cache.collate([cache[int(i)] for i in rows])
-        length = max(batch["mask"].shape[1], null_mask.shape[1])
-        text, mask = pad_tokens(batch["text"], batch["mask"], length)
-        null, null_m = pad_tokens(null_text, null_mask, length)
+        text, mask, null, null_m = with_null_caption(batch["text"], batch["mask"], null_text, null_mask)
         latents.append(pipeline(
             prompt=None, negative_prompt=None, prompt_embeds=text, prompt_attention_mask=mask,
-            negative_prompt_embeds=null.expand(len(rows), -1, -1), negative_prompt_attention_mask=null_m.expand(len(rows), -1),
+            negative_prompt_embeds=null, negative_prompt_attention_mask=null_m,
             latents=noise[start:start + batch_size], num_inference_steps=steps, guidance_scale=cfg,
             height=shape[-2] * pipeline.vae_scale_factor, width=shape[-1] * pipeline.vae_scale_factor,
             use_resolution_binning=False, output_type="latent",
