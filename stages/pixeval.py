@@ -12,6 +12,7 @@ from pixart.eval.pixeval import (
     load_heldout,
     numeric,
     reference_images,
+    vae_ceiling,
     write_reports,
 )
 from pixart.train.export import read_stage_info
@@ -40,6 +41,7 @@ def evaluate_curriculum(ctx: StageContext) -> dict[str, Metrics]:
         clip = ClipScorer(settings.path(pe.clip_path), settings.resolved_device)
     tracking.configure(settings)
     results: dict[str, Metrics] = {}
+    ceilings: dict[tuple[str, int], Metrics] = {}  # stages sharing a VAE and a size share its ceiling
     for name, stage in profile.stages.items():
         stage_dir = paths.stage(name)
         if stage.kind == "dmd" and not stage_dir.exists():
@@ -54,6 +56,10 @@ def evaluate_curriculum(ctx: StageContext) -> dict[str, Metrics]:
             height=pixels, width=pixels, max_tokens=stage.max_tokens, backbone=backbone, judge=judge, clip=clip,
             grid_path=paths.metrics / "pixeval" / f"{name}.png", device=settings.resolved_device,
         )  # fmt: skip
+        if (stage.vae, pixels) not in ceilings:
+            ceilings[stage.vae, pixels] = vae_ceiling(stage_dir / "vae", heldout, pixels, reference, backbone, judge,
+                                                      device=settings.resolved_device)
+        results[name] |= ceilings[stage.vae, pixels]
         version = read_stage_info(stage_dir).get("model_version") or name
         tracking.log_version_metrics(version, numeric(results[name]))
         print(f"pixeval {name}: {results[name]}")

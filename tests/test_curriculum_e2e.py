@@ -23,6 +23,10 @@ def test_smoke_curriculum_builds_every_stage(smoke_run):
         assert info["model_version"]
     stats = json.loads((smoke_run.root / "metrics/caption_stats.json").read_text())
     assert stats["dense"]["avg_nouns_per_image"] > stats["raw"]["avg_nouns_per_image"]
+    vaes = json.loads((smoke_run.root / "metrics/vaes.json").read_text())
+    assert set(vaes) == {"old", "new"}
+    for errors in vaes.values():
+        assert 0.0 < errors["heldout_mse"] and 0.0 < errors["heldout_object_mse"] < 10.0, vaes
     print(f"smoke dvc repro: {smoke_run.seconds:.0f} s")
 
 
@@ -50,7 +54,7 @@ def test_dmd_exports_a_one_step_generator_and_pixeval_scores_every_stage(smoke_r
     report = json.loads((smoke_run.root / "metrics/pixeval.json").read_text())
     assert set(report) == set(SMOKE.stages)
     for name, metrics in report.items():
-        assert metrics["fid"] >= 0.0, (name, metrics)
+        assert metrics["fid"] >= 0.0 and metrics["vae_ceiling_fid"] >= 0.0, (name, metrics)
         alignment = metrics["alignment"]  # smoke's 2-step judge is refused: that is said, not scored
         assert (0.0 <= alignment <= 1.0) if isinstance(alignment, float) else alignment.startswith("judge refused")
     plot = (smoke_run.root / "metrics/pixeval_plot.csv").read_text().splitlines()

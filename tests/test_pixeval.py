@@ -18,7 +18,14 @@ from pixart.data.format import load_dataset
 from pixart.data.generate import generate_dataset
 from pixart.eval.backbones import build_backbone
 from pixart.eval.judge import MIN_HELD_OUT_ACCURACY, Judge, train_judge
-from pixart.eval.pixeval import ensure_judge, evaluate_stage, load_heldout, reference_images, write_reports
+from pixart.eval.pixeval import (
+    ensure_judge,
+    evaluate_stage,
+    load_heldout,
+    reference_images,
+    vae_ceiling,
+    write_reports,
+)
 from pixart.models.pipeline import save_pipeline
 from pixart.paths import CurriculumPaths
 from pixart.settings import Settings
@@ -112,15 +119,16 @@ def test_evaluate_stage_rejects_mismatched_inputs(stage_dir, heldout, backbone) 
 def test_reports_hold_every_stage_in_order_and_the_plot_leaves_refusals_blank(tmp_path) -> None:
     results = {
         "base": {"fid": 40.5, "alignment": "judge refused: 0.612", "seconds_per_image": 0.1},
-        "align": {"fid": 30.25, "alignment": 0.5, "alignment_shuffled": 0.2, "seconds_per_image": 0.1},
+        "align": {"fid": 30.25, "alignment": 0.5, "alignment_shuffled": 0.2, "seconds_per_image": 0.1,
+                  "vae_ceiling_alignment": 0.75},
     }
     write_reports(tmp_path, results)
     assert json.loads((tmp_path / "pixeval" / "align.json").read_text()) == results["align"]
     assert json.loads((tmp_path / "pixeval.json").read_text()) == results
     assert (tmp_path / "pixeval_plot.csv").read_text().splitlines() == [
-        "stage,fid,alignment",
-        "base,40.5,",
-        "align,30.25,0.5",
+        "stage,fid,alignment,vae_ceiling_alignment",
+        "base,40.5,,",
+        "align,30.25,0.5,0.75",
     ]
 
 
@@ -177,6 +185,9 @@ def test_pixeval_stage_evaluates_trained_stages_logs_them_in_the_registry_and_ad
     registered = tracking.model_version("base")["metrics"]
     assert registered["fid"] == pytest.approx(results["base"]["fid"])
     assert "alignment" not in registered  # a refusal is text: it never reaches the registry
+    assert results["base"]["vae_ceiling_fid"] > 0
+    assert registered["vae_ceiling_fid"] == pytest.approx(results["base"]["vae_ceiling_fid"])
+    assert "vae_ceiling_alignment" not in results["base"]  # the refusing judge scores no ceiling either
     assert (paths.metrics / "pixeval" / "base.png").is_file()
     judge_weights = paths.outputs / "judge" / "judge.safetensors"
     trained_at = judge_weights.stat().st_mtime_ns
@@ -187,6 +198,8 @@ def test_pixeval_stage_evaluates_trained_stages_logs_them_in_the_registry_and_ad
     assert judge_weights.stat().st_mtime_ns == trained_at  # same data and steps: the judge is reused
     # dmd samples in one step without CFG, base in two with CFG: the same weights give other images
     assert results["dmd"]["fid"] != results["base"]["fid"]
+    # the same VAE at dmd's 512 rows (smoke: 32 px) vs base's 256 (16 px): another ceiling
+    assert 0 < results["dmd"]["vae_ceiling_fid"] != results["base"]["vae_ceiling_fid"]
 
 
 @pytest.mark.slow
@@ -205,6 +218,9 @@ def test_a_trusted_judge_scores_alignment_and_shuffled_prompts_score_lower_on_re
     metrics = _evaluate(stage_dir, heldout, backbone, judge)
     assert 0.0 <= metrics["alignment"] <= 1.0 and 0.0 <= metrics["alignment_shuffled"] <= 1.0
     assert metrics["judge_accuracy"] == judge.report.held_out_accuracy
+    reference = reference_images(heldout.dataset_dir, SIDE)
+    ceiling = vae_ceiling(stage_dir / "vae", heldout, SIDE, reference, backbone, judge)
+    assert 0.0 <= ceiling["vae_ceiling_alignment"] <= 1.0 and ceiling["vae_ceiling_fid"] > 0
 
     # the judge reads whole scenes: square real images, uncropped
     square = [e for e in load_dataset(tmp_path / "train") if e.height == e.width][:32]

@@ -5,7 +5,9 @@ seeds, so numbers and sample grids compare stage by stage. FID is taken against 
 set for every stage, as the paper's MJHQ-30K: the held-out REAL images of the high-quality tier at
 the reference resolution, cropped the way training crops them; the backbone then resizes both sets
 alike, so a low-resolution stage pays for its blur. Alignment asks the judge whether each image shows
-its prompt's scene; the same images scored against shuffled scenes give the chance level.
+its prompt's scene; the same images scored against shuffled scenes give the chance level. The VAE
+ceiling scores the stage's VAE reconstructions of the prompts' own real images the same way: what a
+perfect generator behind that decoder would get, which tells a VAE limit from a training one.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pixart.eval.judge import MIN_HELD_OUT_ACCURACY, Judge, train_judge
 
 GRID_IMAGES = 16
 JUDGE_KEY = "key.json"
-PLOT_COLUMNS = ("stage", "fid", "alignment")
+PLOT_COLUMNS = ("stage", "fid", "alignment", "vae_ceiling_alignment")
 Metrics = dict[str, float | str]
 
 
@@ -132,6 +134,40 @@ def save_grid(images: np.ndarray, path: Path) -> None:
         raise
 
 
+@torch.no_grad()
+def vae_ceiling(
+    vae_dir: Path,
+    heldout: HeldOut,
+    pixels: int,
+    reference: torch.Tensor | np.ndarray,
+    backbone: FeatureBackbone,
+    judge: Judge | None = None,
+    *,
+    batch_size: int = 16,
+    device: str = "cpu",
+) -> Metrics:
+    """``vae_ceiling_fid`` and, with a trusted judge, ``vae_ceiling_alignment``: the PixEval numbers of
+    the VAE's reconstructions (posterior mode) of the held-out prompts' real images at ``pixels``,
+    cropped as training crops them. A generated image leaves through the same decoder."""
+    from pixart.data.features import load_pixels
+    from pixart.models.builders import build_vae
+
+    vae = build_vae(vae_dir).eval().to(device)
+    images = []
+    for first in range(0, len(heldout.entries), batch_size):
+        batch = heldout.entries[first : first + batch_size]
+        x = torch.stack([load_pixels(heldout.dataset_dir / e.path, pixels, pixels) for e in batch])
+        y = vae.decode(vae.encode(x.to(device, vae.dtype)).latent_dist.mode()).sample.float().clamp(-1, 1)
+        images.append(((y + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+    images = np.concatenate(images)
+    metrics: Metrics = {"vae_ceiling_fid": fid_from_images(images, reference, backbone)}
+    if judge is not None:
+        alignment = _alignment(judge, images, heldout.scenes)["alignment"]
+        if isinstance(alignment, float):
+            metrics["vae_ceiling_alignment"] = alignment
+    return metrics
+
+
 def evaluate_stage(
     stage_dir: Path,
     prompts: Sequence[str],
@@ -209,15 +245,14 @@ def numeric(metrics: Mapping[str, float | str]) -> dict[str, float]:
 
 def write_reports(metrics_dir: Path, results: Mapping[str, Metrics]) -> None:
     """``pixeval/<stage>.json`` per stage, ``pixeval.json`` (all stages, for ``dvc metrics``) and
-    ``pixeval_plot.csv`` (stage, fid, alignment in curriculum order, for ``dvc plots``)."""
+    ``pixeval_plot.csv`` (PLOT_COLUMNS in curriculum order, for ``dvc plots``)."""
     metrics_dir = Path(metrics_dir)
     for stage, metrics in results.items():
         atomic.write_json(metrics_dir / "pixeval" / f"{stage}.json", metrics)
     atomic.write_json(metrics_dir / "pixeval.json", dict(results))
     rows = [",".join(PLOT_COLUMNS)]
     for stage, metrics in results.items():
-        alignment = metrics.get("alignment")
-        # a refused judge leaves the cell empty: the plot shows a gap, not a made-up number
-        cells = (stage, f"{metrics['fid']:.6g}", f"{alignment:.6g}" if isinstance(alignment, float) else "")
-        rows.append(",".join(cells))
+        # a refused judge leaves its cells empty: the plot shows a gap, not a made-up number
+        values = [metrics.get(column) for column in PLOT_COLUMNS[1:]]
+        rows.append(",".join([stage, *(f"{v:.6g}" if isinstance(v, float) else "" for v in values)]))
     atomic.write_text(metrics_dir / "pixeval_plot.csv", "\n".join(rows) + "\n")
