@@ -175,14 +175,13 @@ def build_feature_cache(
             dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
             captions = [entries[i].caption(caption_kind) for i in batch]
             text, mask = encode_captions(text_encoder, tokenizer, captions, max_tokens, pad_to_max=False)
-            longest = int(mask.sum(dim=1).max())
             name = f"shard-{n:05d}.safetensors"
             save_file(
                 {
                     "latent_mean": dist.mean.float().cpu().contiguous(),
                     "latent_std": dist.std.float().cpu().contiguous(),
-                    "text": text[:, :longest].float().cpu().contiguous(),
-                    "mask": mask[:, :longest].to(torch.int8).cpu().contiguous(),
+                    "text": text.float().cpu().contiguous(),
+                    "mask": mask.to(torch.int8).cpu().contiguous(),
                 },
                 tmp / name,
             )
