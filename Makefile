@@ -28,8 +28,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# the worker imports torch, diffusers, mlflow and DeepSpeed once for every stage process (pixart/worker.py)
 curriculum: setup
-	$(BIN)/dvc repro
+	$(BIN)/pixart worker -- $(BIN)/dvc repro
 
 test: setup
 	$(BIN)/python -m pytest -q

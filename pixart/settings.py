@@ -7,6 +7,8 @@ services, folders and devices are. Secrets are ``SecretStr``: they print as ``**
 
 from __future__ import annotations
 
+import os
+from collections.abc import MutableMapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -15,6 +17,16 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
+# Stage processes run offline and keep tool state inside the project, whoever starts them.
+STAGE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+             "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def apply_stage_env(env: MutableMapping[str, str] | None = None) -> None:
+    """Fill in ``STAGE_ENV`` where ``env`` (default: this process's environment) does not set it."""
+    env = os.environ if env is None else env
+    for key, value in STAGE_ENV.items():
+        env.setdefault(key, value)
 
 
 class Settings(BaseSettings):

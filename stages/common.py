@@ -8,12 +8,9 @@ from dataclasses import dataclass
 
 from pixart.config import Profile, load_profile
 from pixart.paths import CurriculumPaths
-from pixart.settings import Settings, get_settings
+from pixart.settings import Settings, apply_stage_env, get_settings
 
-# Stage processes run offline and keep tool state inside the project, whoever starts them.
-for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-                     "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}.items():
-    os.environ.setdefault(_key, _value)
+apply_stage_env()
 
 
 @dataclass(frozen=True)

@@ -75,9 +75,12 @@ class SmokeRun:
     output: str
 
 
-def dvc(run: SmokeRun, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(REPO / ".venv/bin/dvc"), *args], cwd=run.root, env=run.env, capture_output=True,
-                          text=True, check=False)
+def dvc(run: SmokeRun, *args: str, worker: bool = False) -> subprocess.CompletedProcess:
+    """``dvc ARGS`` in the run's folder; with ``worker``, as ``make curriculum`` runs it (under
+    ``pixart worker``, whose forks run the stages)."""
+    wrapper = [str(REPO / ".venv/bin/pixart"), "worker", "--"] if worker else []
+    return subprocess.run([*wrapper, str(REPO / ".venv/bin/dvc"), *args], cwd=run.root, env=run.env,
+                          capture_output=True, text=True, check=False)
 
 
 @pytest.fixture(scope="session")
@@ -86,8 +89,9 @@ def smoke_run(tmp_path_factory) -> SmokeRun:
     root = copy_repo(tmp_path_factory.mktemp("smoke"), "smoke")
     env = subprocess_env()
     env.update(PIXART_ROOT=str(root), TORCH_EXTENSIONS_DIR=os.environ["TORCH_EXTENSIONS_DIR"])
+    run = SmokeRun(root, env, 0.0, "")
     start = time.perf_counter()
-    proc = subprocess.run([str(REPO / ".venv/bin/dvc"), "repro"], cwd=root, env=env, capture_output=True, text=True, check=False)
-    run = SmokeRun(root, env, time.perf_counter() - start, proc.stdout + proc.stderr)
+    proc = dvc(run, "repro", worker=True)
+    run.seconds, run.output = time.perf_counter() - start, proc.stdout + proc.stderr
     assert proc.returncode == 0, run.output[-5000:]
     return run

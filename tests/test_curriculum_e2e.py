@@ -79,7 +79,7 @@ def test_second_repro_is_a_noop_within_5_seconds(smoke_run):
 
 
 def test_exp_run_on_one_stage_reruns_it_and_its_downstream_only(smoke_run):
-    proc = dvc(smoke_run, "exp", "run", "-S", "profiles.smoke.stages.kv-1024.steps=3")
+    proc = dvc(smoke_run, "exp", "run", "-S", "profiles.smoke.stages.kv-1024.steps=3", worker=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ran = set(re.findall(r"Running stage '([^']+)'", proc.stdout))
     # features re-checks its content keys (a no-op: its output is unchanged), then training re-runs
