@@ -36,6 +36,15 @@ def test_tiny_vaes_downsample_4x_to_4_channels_with_their_scaling_factor() -> No
     assert len(widths) == 2
 
 
+def test_tiny_vaes_have_no_attention_so_no_latent_position_steers_the_whole_image() -> None:
+    # trained with a mid-block attention, the new VAE kept the image's colour in the latents' last
+    # columns, which no diffusion model draws exactly (builders.py has the numbers)
+    from diffusers.models.attention_processor import Attention
+
+    for name in ("old", "new"):
+        assert not any(isinstance(m, Attention) for m in build_vae(TINY_VAE_CONFIGS[name]).modules()), name
+
+
 def test_seeded_builders_are_reproducible() -> None:
     a, b = build_vae(TINY_VAE_CONFIGS["old"], seed=3), build_vae(TINY_VAE_CONFIGS["old"], seed=3)
     assert all(
