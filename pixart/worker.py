@@ -5,7 +5,8 @@ importing torch, diffusers, transformers, mlflow and DeepSpeed before its first 
 smoke curriculum's wall time. ``python -m pixart.worker SOCKET`` imports them once and listens on a
 Unix socket. A stage process started with ``PIXART_WORKER=SOCKET`` hands its arguments, working
 directory, environment and standard streams to the worker, which forks a copy of itself to run the
-stage; the stage process waits and exits with the copy's status, forwarding SIGINT and SIGTERM.
+stage; the stage process waits and exits with the copy's status, forwarding SIGINT and SIGTERM, and
+the copy stops if the stage process dies (SIGKILL included).
 Without the variable, or with no worker answering, a stage runs in its own process as before.
 
 The worker refuses (and the stage runs in its own process) when the request could see other code or
@@ -133,6 +134,16 @@ def _reply(conn: socket.socket, message: dict) -> None:
     conn.sendall((json.dumps(message) + "\n").encode())
 
 
+def _die_with_client(conn: socket.socket) -> None:
+    """Stop the stage when the process that asked for it is gone (killed by a flow's timeout, say):
+    that process sends nothing after its request, so the socket reads empty only when it closes."""
+    try:
+        conn.recv(1)
+    except OSError:
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _run_stage(conn: socket.socket, request: dict, fds: list[int]) -> None:
     """In the forked copy: become the stage process the request describes, run it, report, exit."""
     code = 1
@@ -147,6 +158,7 @@ def _run_stage(conn: socket.socket, request: dict, fds: list[int]) -> None:
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         _reply(conn, {"pid": os.getpid()})
+        threading.Thread(target=_die_with_client, args=(conn,), daemon=True).start()
         sys.argv = [request["module"], *request["argv"]]
         runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
         code = 0
