@@ -11,7 +11,7 @@ from pixart.eval.pixeval import (
     evaluate_stage,
     load_heldout,
     numeric,
-    reference_images,
+    reference_statistics,
     vae_ceiling,
     write_reports,
 )
@@ -26,9 +26,9 @@ def evaluate_curriculum(ctx: StageContext) -> dict[str, Metrics]:
     """PixEval of each trained stage in curriculum order; ``dmd`` only when its folder exists."""
     profile, paths, settings, pe = ctx.profile, ctx.paths, ctx.settings, ctx.profile.pixeval
     heldout = load_heldout(paths.heldout_data, pe.n_prompts)
-    reference = reference_images(paths.heldout_data, profile.pixels(pe.reference_resolution))
     weights = settings.path(pe.inception_path) if pe.inception_path else None
     backbone = build_backbone(FID_BACKBONES[pe.fid_backbone], weights, settings.resolved_device)
+    reference = reference_statistics(paths.heldout_data, profile.pixels(pe.reference_resolution), backbone)
     judge = None
     if pe.judge_steps > 0 and profile.data.source == "generated":
         judge = ensure_judge(

@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from pixart.eval.backbones import EfficientNetLite0, FeatureBackbone, InceptionV3, build_backbone
-from pixart.eval.fid import compute_statistics, extract_features, fid, fid_from_images
+from pixart.eval.fid import (
+    compute_statistics,
+    extract_features,
+    fid,
+    fid_from_images,
+    frechet_distance,
+    image_statistics,
+)
 from pixart.eval.inception import FIDInceptionV3
 
 
@@ -67,6 +74,9 @@ def test_fid_is_symmetric(backbone: EfficientNetLite0) -> None:
     ab = fid_from_images(a, b, backbone, batch_size=8)
     assert ab == pytest.approx(fid_from_images(b, a, backbone, batch_size=12), rel=1e-6)
     assert ab > 0
+    # PixEval compares every stage to one reference's statistics, computed once
+    reference = image_statistics(b, backbone)
+    assert frechet_distance(image_statistics(a, backbone), reference) == pytest.approx(ab, rel=1e-6)
 
 
 def test_inception_v3_loads_a_local_weights_file_and_gives_2048_features(tmp_path) -> None:

@@ -23,6 +23,7 @@ from pixart.eval.pixeval import (
     evaluate_stage,
     load_heldout,
     reference_images,
+    reference_statistics,
     vae_ceiling,
     write_reports,
 )
@@ -63,7 +64,8 @@ def weak_judge(tmp_path_factory: pytest.TempPathFactory) -> Judge:
 
 def _evaluate(stage_dir, heldout, backbone, judge, **extra):
     return evaluate_stage(
-        stage_dir, heldout.prompts, heldout.scenes, reference_images(heldout.dataset_dir, SIDE), steps=2, cfg=4.5, seed=3,
+        stage_dir, heldout.prompts, heldout.scenes, reference_statistics(heldout.dataset_dir, SIDE, backbone), steps=2,
+        cfg=4.5, seed=3,
         height=SIDE, width=SIDE, max_tokens=32, backbone=backbone, judge=judge, batch_size=2, **extra,
     )  # fmt: skip
 
@@ -110,7 +112,7 @@ def test_evaluate_stage_gives_finite_repeatable_numbers_and_an_untrusted_judge_r
 def test_evaluate_stage_rejects_mismatched_inputs(stage_dir, heldout, backbone) -> None:
     with pytest.raises(ValueError, match="differ in number"):
         evaluate_stage(
-            stage_dir, heldout.prompts[:-1], heldout.scenes, reference_images(heldout.dataset_dir, SIDE), steps=2,
+            stage_dir, heldout.prompts[:-1], heldout.scenes, reference_statistics(heldout.dataset_dir, SIDE, backbone), steps=2,
             cfg=4.5, seed=0,
             height=SIDE, width=SIDE, max_tokens=32, backbone=backbone,
         )  # fmt: skip
@@ -218,7 +220,7 @@ def test_a_trusted_judge_scores_alignment_and_shuffled_prompts_score_lower_on_re
     metrics = _evaluate(stage_dir, heldout, backbone, judge)
     assert 0.0 <= metrics["alignment"] <= 1.0 and 0.0 <= metrics["alignment_shuffled"] <= 1.0
     assert metrics["judge_accuracy"] == judge.report.held_out_accuracy
-    reference = reference_images(heldout.dataset_dir, SIDE)
+    reference = reference_statistics(heldout.dataset_dir, SIDE, backbone)
     ceiling = vae_ceiling(stage_dir / "vae", heldout, SIDE, reference, backbone, judge)
     assert 0.0 <= ceiling["vae_ceiling_alignment"] <= 1.0 and ceiling["vae_ceiling_fid"] > 0
 

@@ -73,10 +73,16 @@ def extract_features(images: Images, backbone: FeatureBackbone, batch_size: int 
     return torch.cat(chunks)
 
 
+def image_statistics(images: Images, backbone: FeatureBackbone, batch_size: int = 32) -> Statistics:
+    """Statistics of an image set (uint8 NHWC or float NCHW in [0, 1]) under ``backbone``: compute a
+    reference's once and compare many sets to it."""
+    return compute_statistics(extract_features(images, backbone, batch_size))
+
+
 def fid_from_images(
     images_a: Images, images_b: Images, backbone: FeatureBackbone, batch_size: int = 32
 ) -> float:
     """FID between two image sets (uint8 NHWC or float NCHW in [0, 1]) under ``backbone``."""
-    return fid(
-        extract_features(images_a, backbone, batch_size), extract_features(images_b, backbone, batch_size)
+    return frechet_distance(
+        image_statistics(images_a, backbone, batch_size), image_statistics(images_b, backbone, batch_size)
     )

@@ -28,7 +28,7 @@ from pixart import atomic
 from pixart.data.format import Entry, SceneInfo, dataset_version, load_dataset
 from pixart.eval.backbones import FeatureBackbone
 from pixart.eval.clip_score import ClipScorer, clip_score
-from pixart.eval.fid import fid_from_images
+from pixart.eval.fid import Statistics, frechet_distance, image_statistics
 from pixart.eval.judge import MIN_HELD_OUT_ACCURACY, Judge, train_judge
 
 GRID_IMAGES = 16
@@ -64,6 +64,11 @@ def reference_images(dataset_dir: Path, pixels: int) -> torch.Tensor:
     if len(entries) < 2:
         raise ValueError(f"{dataset_dir}: {len(entries)} high-quality held-out images; FID needs at least 2")
     return torch.stack([(load_pixels(dataset_dir / e.path, pixels, pixels) + 1) / 2 for e in entries])
+
+
+def reference_statistics(dataset_dir: Path, pixels: int, backbone: FeatureBackbone) -> Statistics:
+    """The FID reference's feature statistics under ``backbone``, once for every stage and ceiling."""
+    return image_statistics(reference_images(dataset_dir, pixels), backbone)
 
 
 def load_heldout(dataset_dir: Path, n_prompts: int) -> HeldOut:
@@ -139,7 +144,7 @@ def vae_ceiling(
     vae_dir: Path,
     heldout: HeldOut,
     pixels: int,
-    reference: torch.Tensor | np.ndarray,
+    reference: Statistics,
     backbone: FeatureBackbone,
     judge: Judge | None = None,
     *,
@@ -160,7 +165,7 @@ def vae_ceiling(
         y = vae.decode(vae.encode(x.to(device, vae.dtype)).latent_dist.mode()).sample.float().clamp(-1, 1)
         images.append(((y + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
     images = np.concatenate(images)
-    metrics: Metrics = {"vae_ceiling_fid": fid_from_images(images, reference, backbone)}
+    metrics: Metrics = {"vae_ceiling_fid": frechet_distance(image_statistics(images, backbone), reference)}
     if judge is not None:
         alignment = _alignment(judge, images, heldout.scenes)["alignment"]
         if isinstance(alignment, float):
@@ -172,7 +177,7 @@ def evaluate_stage(
     stage_dir: Path,
     prompts: Sequence[str],
     scenes: Sequence[SceneInfo | None],
-    reference: torch.Tensor | np.ndarray,
+    reference: Statistics,
     *,
     steps: int,
     cfg: float,
@@ -188,7 +193,7 @@ def evaluate_stage(
     device: str = "cpu",
 ) -> Metrics:
     """PixEval of one checkpoint folder: one image per prompt (fixed seeds), then ``fid`` against
-    the ``reference`` images, ``alignment`` / ``alignment_shuffled`` (chance) when a judge is given — or
+    the ``reference`` statistics (``reference_statistics``), ``alignment`` / ``alignment_shuffled`` (chance) when a judge is given — or
     "judge refused: <accuracy>" when it is below MIN_HELD_OUT_ACCURACY —, ``clip_score`` when a
     scorer is given, and ``seconds_per_image``. A one-step (DMD) checkpoint is sampled in one step,
     whatever ``steps`` and ``cfg`` say. Saves a sample grid to ``grid_path`` when given."""
@@ -205,7 +210,7 @@ def evaluate_stage(
         height=height, width=width, max_tokens=max_tokens,
     )  # fmt: skip
     metrics: Metrics = {
-        "fid": fid_from_images(images, reference, backbone),
+        "fid": frechet_distance(image_statistics(images, backbone), reference),
         "seconds_per_image": seconds,
         "n_images": len(images),
         "sampler": f"one step from t={t_gen}" if t_gen is not None else f"DPM-Solver {steps} steps, CFG {cfg}",
