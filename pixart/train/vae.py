@@ -72,6 +72,9 @@ def train_vae(name: str, cfg: VAEConfig, train: TrainDefaults, dataset_dir: Path
     schedule = cosine_with_warmup(optimizer, cfg.steps // 10, cfg.steps)
     ds = deepspeed_config(train.model_copy(update={"grad_clip": 1.0}), cfg.batch_size, world)
     engine, _, _, _ = deepspeed.initialize(model=vae, optimizer=optimizer, lr_scheduler=schedule, config=ds)
+    # the posterior samples come from torch's global generator, which a fresh process seeds at random:
+    # unseeded, two runs of the same curriculum trained different VAEs (old VAE held-out MSE 0.16 vs 0.03)
+    torch.manual_seed(train.seed)
     rng = np.random.default_rng(train.seed)
     batches = _crops(dataset_dir, sizes, engine.train_micro_batch_size_per_gpu(), rng)
     for step in tqdm(range(1, cfg.steps + 1), desc=f"vae-{name}", disable=not distributed.is_main()):
