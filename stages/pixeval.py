@@ -3,7 +3,7 @@ of the DMD one-step generator when it exists), into metrics/ and the registry.""
 
 from __future__ import annotations
 
-from pixart import tracking
+from pixart import atomic, tracking
 from pixart.eval.backbones import build_backbone
 from pixart.eval.pixeval import (
     Metrics,
@@ -15,6 +15,7 @@ from pixart.eval.pixeval import (
     vae_ceiling,
     write_reports,
 )
+from pixart.eval.trend import fid_gain
 from pixart.train.export import read_stage_info
 from stages.common import StageContext, parse
 
@@ -22,8 +23,10 @@ from stages.common import StageContext, parse
 FID_BACKBONES = {"efficientnet-lite0": "efficientnet-lite0", "inception": "inception-v3"}
 
 
-def evaluate_curriculum(ctx: StageContext) -> dict[str, Metrics]:
-    """PixEval of each trained stage in curriculum order; ``dmd`` only when its folder exists."""
+def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics]:
+    """PixEval of each trained stage in curriculum order (``dmd`` only when its folder exists), and
+    the weak-to-strong trend: the first stage's FID minus the last diffusion stage's, with its
+    paired bootstrap interval (``trend.fid_gain``)."""
     profile, paths, settings, pe = ctx.profile, ctx.paths, ctx.settings, ctx.profile.pixeval
     heldout = load_heldout(paths.heldout_data, pe.n_prompts)
     weights = settings.path(pe.inception_path) if pe.inception_path else None
@@ -41,6 +44,7 @@ def evaluate_curriculum(ctx: StageContext) -> dict[str, Metrics]:
         clip = ClipScorer(settings.path(pe.clip_path), settings.resolved_device)
     tracking.configure(settings)
     results: dict[str, Metrics] = {}
+    features = {}
     ceilings: dict[tuple[str, int], Metrics] = {}  # stages sharing a VAE and a size share its ceiling
     for name, stage in profile.stages.items():
         stage_dir = paths.stage(name)
@@ -51,7 +55,7 @@ def evaluate_curriculum(ctx: StageContext) -> dict[str, Metrics]:
                 f"pixeval: stage '{name}' has no checkpoint at {stage_dir} (train it first)"
             )
         pixels = profile.pixels(stage)
-        results[name] = evaluate_stage(
+        results[name], features[name] = evaluate_stage(
             stage_dir, heldout.prompts, heldout.scenes, reference, steps=pe.steps, cfg=pe.cfg, seed=pe.seed,
             height=pixels, width=pixels, max_tokens=stage.max_tokens, backbone=backbone, judge=judge, clip=clip,
             grid_path=paths.metrics / "pixeval" / f"{name}.png", device=settings.resolved_device,
@@ -63,12 +67,19 @@ def evaluate_curriculum(ctx: StageContext) -> dict[str, Metrics]:
         version = read_stage_info(stage_dir).get("model_version") or name
         tracking.log_version_metrics(version, numeric(results[name]))
         print(f"pixeval {name}: {results[name]}")
-    return results
+    diffusion = [name for name, stage in profile.stages.items() if stage.kind != "dmd"]
+    weak, strong = diffusion[0], diffusion[-1]
+    trend: Metrics = {"weak": weak, "strong": strong, **fid_gain(features[weak], features[strong], reference)}
+    tracking.log_version_metrics(read_stage_info(paths.stage(strong)).get("model_version") or strong, numeric(trend))
+    print(f"pixeval trend: {trend}")
+    return results, trend
 
 
 def main() -> None:
     ctx = parse(__doc__)
-    write_reports(ctx.paths.metrics, evaluate_curriculum(ctx))
+    results, trend = evaluate_curriculum(ctx)
+    write_reports(ctx.paths.metrics, results)
+    atomic.write_json(ctx.paths.metrics / "pixeval_trend.json", trend)
     print(f"pixeval -> {ctx.paths.metrics / 'pixeval.json'}")
 
 

@@ -15,6 +15,7 @@ from pixart.eval.fid import (
     fid,
     fid_from_images,
     frechet_distance,
+    frechet_distance_to,
     image_statistics,
 )
 from pixart.eval.inception import FIDInceptionV3
@@ -41,6 +42,17 @@ def test_frechet_distance_matches_scipy_sqrtm_on_full_rank_covariances() -> None
     covmean = scipy.linalg.sqrtm(sa.sigma @ sb.sigma).real
     expected = np.sum((sa.mu - sb.mu) ** 2) + np.trace(sa.sigma + sb.sigma - 2 * covmean)
     assert fid(a, b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_gram_form_equals_the_full_distance_when_images_are_fewer_than_features() -> None:
+    rng = np.random.default_rng(1)
+    reference = compute_statistics(rng.normal(size=(300, 64)) @ rng.normal(size=(64, 64)))
+    few = rng.normal(size=(20, 64)) @ rng.normal(size=(64, 64)) + 0.3
+    assert frechet_distance_to(few, reference) == pytest.approx(
+        frechet_distance(compute_statistics(few), reference), rel=1e-6
+    )
+    with pytest.raises(ValueError, match=r"expected \(N >= 2, 64\)"):
+        frechet_distance_to(few[:, :10], reference)
 
 
 def test_efficientnet_lite0_loads_packaged_weights_without_torchvision(backbone: EfficientNetLite0) -> None:

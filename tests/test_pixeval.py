@@ -63,11 +63,13 @@ def weak_judge(tmp_path_factory: pytest.TempPathFactory) -> Judge:
 
 
 def _evaluate(stage_dir, heldout, backbone, judge, **extra):
-    return evaluate_stage(
+    metrics, features = evaluate_stage(
         stage_dir, heldout.prompts, heldout.scenes, reference_statistics(heldout.dataset_dir, SIDE, backbone), steps=2,
         cfg=4.5, seed=3,
         height=SIDE, width=SIDE, max_tokens=32, backbone=backbone, judge=judge, batch_size=2, **extra,
     )  # fmt: skip
+    assert features.shape == (N_PROMPTS, backbone.feature_dim)
+    return metrics
 
 
 def test_heldout_prompts_are_dense_captions_and_the_reference_is_the_high_quality_tier(heldout, tmp_path) -> None:
@@ -181,8 +183,11 @@ def test_pixeval_stage_evaluates_trained_stages_logs_them_in_the_registry_and_ad
     from stages.pixeval import evaluate_curriculum
 
     paths = curriculum.paths
-    results = evaluate_curriculum(curriculum)
+    results, trend = evaluate_curriculum(curriculum)
     assert list(results) == ["base"]  # dmd has no folder yet: skipped
+    # this profile's only diffusion stage is both ends of the trend: no gain, however resampled
+    assert (trend["weak"], trend["strong"]) == ("base", "base")
+    assert trend["fid_gain"] == trend["fid_gain_low"] == trend["fid_gain_high"] == 0.0
     assert results["base"]["alignment"].startswith("judge refused: ")
     registered = tracking.model_version("base")["metrics"]
     assert registered["fid"] == pytest.approx(results["base"]["fid"])
@@ -195,8 +200,9 @@ def test_pixeval_stage_evaluates_trained_stages_logs_them_in_the_registry_and_ad
     trained_at = judge_weights.stat().st_mtime_ns
 
     shutil.copytree(paths.stage("base"), paths.stage("dmd"))
-    results = evaluate_curriculum(curriculum)
+    results, trend = evaluate_curriculum(curriculum)
     assert list(results) == ["base", "dmd"]
+    assert trend["strong"] == "base"  # the one-step generator is not the curriculum's strong end
     assert judge_weights.stat().st_mtime_ns == trained_at  # same data and steps: the judge is reused
     # dmd samples in one step without CFG, base in two with CFG: the same weights give other images
     assert results["dmd"]["fid"] != results["base"]["fid"]

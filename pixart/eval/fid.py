@@ -57,6 +57,27 @@ def frechet_distance(a: Statistics, b: Statistics) -> float:
     return max(value, 0.0)
 
 
+def frechet_distance_to(features: np.ndarray | torch.Tensor, reference: Statistics) -> float:
+    """Fréchet distance of an (N, D) feature set to ``reference``, through the N×N Gram matrix.
+
+    With X the centred features over √(N−1), Σ = XᵀX, and Σ^½ Σ_ref Σ^½ shares its nonzero
+    eigenvalues with X Σ_ref Xᵀ: the same number as ``frechet_distance``, from an N×N eigenproblem
+    instead of two D×D ones — what makes a bootstrap over a few dozen images cheap (D = 1280)."""
+    f = np.asarray(
+        features.detach().cpu() if isinstance(features, torch.Tensor) else features, dtype=np.float64
+    )
+    if f.ndim != 2 or f.shape[0] < 2 or f.shape[1] != reference.mu.shape[0]:
+        raise ValueError(f"features: expected (N >= 2, {reference.mu.shape[0]}), got shape {f.shape}")
+    mu = f.mean(axis=0)
+    x = (f - mu) / np.sqrt(f.shape[0] - 1)
+    cross = np.linalg.eigvalsh(x @ reference.sigma @ x.T)
+    diff = mu - reference.mu
+    value = float(
+        diff @ diff + (x * x).sum() + np.trace(reference.sigma) - 2.0 * np.sqrt(np.clip(cross, 0.0, None)).sum()
+    )
+    return max(value, 0.0)
+
+
 def fid(features_a: np.ndarray | torch.Tensor, features_b: np.ndarray | torch.Tensor) -> float:
     """FID between two (N, D) feature sets."""
     return frechet_distance(compute_statistics(features_a), compute_statistics(features_b))

@@ -28,7 +28,7 @@ from pixart import atomic
 from pixart.data.format import Entry, SceneInfo, dataset_version, load_dataset
 from pixart.eval.backbones import FeatureBackbone
 from pixart.eval.clip_score import ClipScorer, clip_score
-from pixart.eval.fid import Statistics, frechet_distance, image_statistics
+from pixart.eval.fid import Statistics, extract_features, frechet_distance_to, image_statistics
 from pixart.eval.judge import MIN_HELD_OUT_ACCURACY, Judge, train_judge
 
 GRID_IMAGES = 16
@@ -165,7 +165,7 @@ def vae_ceiling(
         y = vae.decode(vae.encode(x.to(device, vae.dtype)).latent_dist.mode()).sample.float().clamp(-1, 1)
         images.append(((y + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
     images = np.concatenate(images)
-    metrics: Metrics = {"vae_ceiling_fid": frechet_distance(image_statistics(images, backbone), reference)}
+    metrics: Metrics = {"vae_ceiling_fid": frechet_distance_to(extract_features(images, backbone), reference)}
     if judge is not None:
         alignment = _alignment(judge, images, heldout.scenes)["alignment"]
         if isinstance(alignment, float):
@@ -191,12 +191,14 @@ def evaluate_stage(
     batch_size: int = 32,
     grid_path: Path | None = None,
     device: str = "cpu",
-) -> Metrics:
+) -> tuple[Metrics, np.ndarray]:
     """PixEval of one checkpoint folder: one image per prompt (fixed seeds), then ``fid`` against
-    the ``reference`` statistics (``reference_statistics``), ``alignment`` / ``alignment_shuffled`` (chance) when a judge is given — or
-    "judge refused: <accuracy>" when it is below MIN_HELD_OUT_ACCURACY —, ``clip_score`` when a
-    scorer is given, and ``seconds_per_image``. A one-step (DMD) checkpoint is sampled in one step,
-    whatever ``steps`` and ``cfg`` say. Saves a sample grid to ``grid_path`` when given."""
+    the ``reference`` statistics (``reference_statistics``), ``alignment`` / ``alignment_shuffled``
+    (chance) when a judge is given — or "judge refused: <accuracy>" when it is below
+    MIN_HELD_OUT_ACCURACY —, ``clip_score`` when a scorer is given, and ``seconds_per_image``; and
+    the images' backbone features (N, D), row i from prompt i, for ``trend.fid_gain``. A one-step
+    (DMD) checkpoint is sampled in one step, whatever ``steps`` and ``cfg`` say. Saves a sample grid
+    to ``grid_path`` when given."""
     from pixart.diffusion.one_step import one_step_t_gen
     from pixart.models.pipeline import load_pipeline
 
@@ -209,8 +211,9 @@ def evaluate_stage(
         pipeline, list(prompts), batch_size=batch_size, seed=seed, t_gen=t_gen, steps=steps, cfg=cfg,
         height=height, width=width, max_tokens=max_tokens,
     )  # fmt: skip
+    features = extract_features(images, backbone).numpy()
     metrics: Metrics = {
-        "fid": frechet_distance(image_statistics(images, backbone), reference),
+        "fid": frechet_distance_to(features, reference),
         "seconds_per_image": seconds,
         "n_images": len(images),
         "sampler": f"one step from t={t_gen}" if t_gen is not None else f"DPM-Solver {steps} steps, CFG {cfg}",
@@ -221,7 +224,7 @@ def evaluate_stage(
         metrics["clip_score"] = clip_score(images, prompts, clip)
     if grid_path is not None:
         save_grid(images, grid_path)
-    return metrics
+    return metrics, features
 
 
 def judge_key(train_dir: Path, steps: int, seed: int) -> str:
