@@ -67,9 +67,6 @@ class VAEConfig(_Strict):
     steps: int = Field(0, ge=0, description="Training steps for a tiny VAE.")
     batch_size: int = Field(16, gt=0)
     lr: float = Field(1e-3, gt=0)
-    object_weight: float = Field(
-        0.0, ge=0, description="Extra loss weight on the objects' pixels of a tiny VAE (pixart/train/vae.py)."
-    )
 
     @model_validator(mode="after")
     def _one_source(self) -> VAEConfig:

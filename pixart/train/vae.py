@@ -10,11 +10,6 @@ by drawing the background alone, and then no later stage can draw an object. Eac
 the most varied of ``CONTENT_CANDIDATES`` random ones, and the quality reported is the error on the
 objects' pixels as well as on all pixels (measured: 200 steps, batch 8: object MSE 0.58 with plain
 random crops, 0.44 with best-of-4; 400 steps at batch 16, lr 1e-3: 0.23, objects drawn in place).
-Placed but not coloured: every object came back the brown of the palette's mean, the colour that
-minimises the error when the latent keeps no hue; a transformer trained on such latents can only
-draw brown blobs. ``object_weight`` weighs the objects' pixels that much more in the loss (new VAE,
-held-out object MSE: 0.154 at 400 steps, 0.090 at 1200 unweighted, 0.073 at 800 with weight 10,
-the only one that gives red, yellow and orange back as themselves).
 
 ``scaling_factor`` = 1 / std of the training latents, the rule Stable Diffusion's factors came from,
 unless params fix it.
@@ -63,19 +58,6 @@ def _crops(dataset_dir: Path, sizes: list[int], batch: int, rng: np.random.Gener
         yield torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2) / 127.5 - 1
 
 
-def object_mask(crops: torch.Tensor) -> torch.Tensor:
-    """(N, 1, H, W) 1 on the objects' pixels of image crops in [-1, 1], 0 on the background."""
-    background = crops.flatten(2).median(-1).values[..., None, None]
-    return ((crops - background).abs().sum(1, keepdim=True) > OBJECT_THRESHOLD).to(crops.dtype)
-
-
-def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, object_weight: float) -> torch.Tensor:
-    """MSE + L1 over pixels, each object pixel weighted ``1 + object_weight``."""
-    weight = 1 + object_weight * object_mask(x) if object_weight else 1.0
-    error = recon - x
-    return (weight * error**2).mean() + (weight * error.abs()).mean()
-
-
 def train_vae(name: str, cfg: VAEConfig, train: TrainDefaults, dataset_dir: Path, heldout_dir: Path,
               sizes: list[int], out_dir: Path, run) -> dict[str, float]:
     """Train VAE ``name`` and write it to ``out_dir``; returns its held-out reconstruction errors."""
@@ -100,7 +82,7 @@ def train_vae(name: str, cfg: VAEConfig, train: TrainDefaults, dataset_dir: Path
         posterior = engine.module.encode(x).latent_dist
         recon = engine.module.decode(posterior.sample()).sample
         mse = torch.nn.functional.mse_loss(recon, x)
-        loss = reconstruction_loss(recon, x, cfg.object_weight) + KL_WEIGHT * posterior.kl().mean()
+        loss = mse + torch.nn.functional.l1_loss(recon, x) + KL_WEIGHT * posterior.kl().mean()
         engine.backward(loss)
         engine.step()
         if step % train.log_every == 0 or step == cfg.steps:
@@ -124,7 +106,8 @@ def heldout_errors(vae, heldout_dir: Path, sizes: list[int], seed: int) -> dict[
     over all pixels, and over the objects' pixels only."""
     crops = next(_crops(heldout_dir, sizes, HELD_OUT_CROPS, np.random.default_rng(seed))).to(vae.device)
     squared = (vae.decode(vae.encode(crops).latent_dist.mode()).sample - crops) ** 2
-    objects = object_mask(crops)
+    background = crops.flatten(2).median(-1).values[..., None, None]
+    objects = ((crops - background).abs().sum(1, keepdim=True) > OBJECT_THRESHOLD).float()
     return {
         "heldout_mse": squared.mean().item(),
         "heldout_object_mse": ((squared * objects).sum() / (3 * objects.sum()).clamp(min=1)).item(),
