@@ -44,7 +44,7 @@ def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics]
         clip = ClipScorer(settings.path(pe.clip_path), settings.resolved_device)
     tracking.configure(settings)
     results: dict[str, Metrics] = {}
-    features = {}
+    features, versions = {}, {}
     ceilings: dict[tuple[str, int], Metrics] = {}  # stages sharing a VAE and a size share its ceiling
     for name, stage in profile.stages.items():
         stage_dir = paths.stage(name)
@@ -64,13 +64,13 @@ def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics]
             ceilings[stage.vae, pixels] = vae_ceiling(stage_dir / "vae", heldout, pixels, reference, backbone, judge,
                                                       device=settings.resolved_device)
         results[name] |= ceilings[stage.vae, pixels]
-        version = read_stage_info(stage_dir).get("model_version") or name
-        tracking.log_version_metrics(version, numeric(results[name]))
+        versions[name] = read_stage_info(stage_dir).get("model_version") or name
+        tracking.log_version_metrics(versions[name], numeric(results[name]))
         print(f"pixeval {name}: {results[name]}")
     diffusion = [name for name, stage in profile.stages.items() if stage.kind != "dmd"]
     weak, strong = diffusion[0], diffusion[-1]
     trend: Metrics = {"weak": weak, "strong": strong, **fid_gain(features[weak], features[strong], reference)}
-    tracking.log_version_metrics(read_stage_info(paths.stage(strong)).get("model_version") or strong, numeric(trend))
+    tracking.log_version_metrics(versions[strong], numeric(trend))
     print(f"pixeval trend: {trend}")
     return results, trend
 
