@@ -21,6 +21,8 @@ def test_smoke_curriculum_builds_every_stage(smoke_run):
         info = json.loads((smoke_run.root / "outputs" / name / "stage.json").read_text())
         assert info["stage"] == name and info["parent"] == SMOKE.stages[name].init_from
         assert info["model_version"]
+        low, high = info["latent_range"]["low"], info["latent_range"]["high"]
+        assert len(low) == len(high) == 4 and all(lo < hi for lo, hi in zip(low, high, strict=True)), info
     stats = json.loads((smoke_run.root / "metrics/caption_stats.json").read_text())
     assert stats["dense"]["avg_nouns_per_image"] > stats["raw"]["avg_nouns_per_image"]
     vaes = json.loads((smoke_run.root / "metrics/vaes.json").read_text())
@@ -44,6 +46,20 @@ def test_every_stage_output_loads_in_diffusers_pipeline(smoke_run):
     for name in TRAINED:
         layers = SMOKE.stages[name].kv_compress_layers
         assert re.search(rf"/{name} PixArtSigmaTransformer \[{', '.join(map(str, layers))}\]", out), out
+
+
+def test_a_loaded_stage_samples_inside_its_latent_range_and_its_folder_stays_stock(smoke_run):
+    from pixart.diffusion.schedule import DataRangeDPMSolver
+    from pixart.models.pipeline import load_pipeline
+
+    folder = smoke_run.root / "outputs/aes-512"
+    scheduler = load_pipeline(folder).scheduler
+    assert isinstance(scheduler, DataRangeDPMSolver)
+    latent_range = json.loads((folder / "stage.json").read_text())["latent_range"]
+    assert scheduler.latent_low.tolist() == pytest.approx(latent_range["low"])
+    assert scheduler.latent_high.tolist() == pytest.approx(latent_range["high"])
+    saved = json.loads((folder / "scheduler/scheduler_config.json").read_text())
+    assert saved["_class_name"] == "DPMSolverMultistepScheduler"  # what diffusers alone loads
 
 
 def test_dmd_exports_a_one_step_generator_and_pixeval_scores_every_stage(smoke_run):

@@ -104,3 +104,7 @@ def test_bucketed_cache_feeds_the_single_ratio_sampler(parts):
         assert batch["latent_mean"].shape[-2:] == (h // 4, w // 4)
     with pytest.raises(ValueError, match="share one size"):
         FeatureCache.collate([cache[i] for i in range(len(cache))])
+    means = [cache[i]["latent_mean"] for i in range(len(cache))]  # shards of several sizes
+    low, high = cache.latent_range()
+    torch.testing.assert_close(torch.tensor(low), torch.stack([m.amin(dim=(1, 2)) for m in means]).amin(0))
+    torch.testing.assert_close(torch.tensor(high), torch.stack([m.amax(dim=(1, 2)) for m in means]).amax(0))

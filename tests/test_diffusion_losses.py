@@ -102,6 +102,21 @@ def test_sampler_schedule_matches_training_schedule() -> None:
     )
 
 
+def test_data_range_solver_clamps_x0_per_channel_and_nothing_else() -> None:
+    latent_range = {"low": [-1.0, -2.0], "high": [1.0, 0.5]}
+    clamped, plain = dpm_solver_scheduler(latent_range), dpm_solver_scheduler()
+    for scheduler in (clamped, plain):
+        scheduler.set_timesteps(20)
+        scheduler._step_index = 0  # the first solver step, t = 999: x0 = (x_t - sigma eps) / alpha is wildest there
+    g = torch.Generator().manual_seed(0)
+    x_t, eps = torch.randn(2, 2, 8, 8, generator=g), torch.randn(2, 2, 8, 8, generator=g)
+    x0, x0_plain = clamped.convert_model_output(eps, sample=x_t), plain.convert_model_output(eps, sample=x_t)
+    assert x0_plain.abs().max() > 10  # the raw prediction leaves the range
+    torch.testing.assert_close(x0, torch.stack([x0_plain[:, 0].clamp(-1, 1), x0_plain[:, 1].clamp(-2, 0.5)], 1))
+    with pytest.raises(ValueError, match="latent_range"):
+        dpm_solver_scheduler({"low": [1.0], "high": [0.0]})
+
+
 def test_caption_dropout_replaces_drawn_captions_by_null_caption() -> None:
     features, mask = torch.randn(1000, 6, 3), torch.ones(1000, 6, dtype=torch.long)
     null, null_mask = torch.zeros(1, 6, 3), torch.tensor([[1, 0, 0, 0, 0, 0]])

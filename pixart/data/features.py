@@ -222,6 +222,14 @@ class FeatureCache(torch.utils.data.Dataset):
         """Bucket ratio of each item, for AspectRatioBatchSampler."""
         return [item["ratio"] for item in self.items]
 
+    def latent_range(self) -> tuple[list[float], list[float]]:
+        """Per-channel minimum and maximum of the cached latents' posterior means (unscaled): the
+        range of the data a stage trains on, which its sampler keeps the predicted x0 inside."""
+        means = [self._shard(n).get_tensor("latent_mean") for n in range(len(self.shards))]
+        low = torch.stack([m.amin(dim=(0, 2, 3)) for m in means]).amin(0)
+        high = torch.stack([m.amax(dim=(0, 2, 3)) for m in means]).amax(0)
+        return low.tolist(), high.tolist()
+
     def _shard(self, n: int) -> Any:
         if n not in self._open:
             self._open[n] = safe_open(str(self.dir / self.shards[n]), framework="pt")

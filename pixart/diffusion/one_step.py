@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pixart.diffusion.schedule import Schedule, dpm_solver_scheduler, linear_schedule
+from pixart.diffusion.schedule import Schedule, linear_schedule, use_dpm_solver
 
 if TYPE_CHECKING:
     from diffusers import PixArtSigmaPipeline
@@ -67,7 +67,7 @@ def sample_one_step(
         pipeline = load_pipeline(pipeline_or_path)
     else:
         pipeline = pipeline_or_path
-    pipeline.scheduler = dpm_solver_scheduler()
+    use_dpm_solver(pipeline)
     result = pipeline(
         **prompt_embeddings(pipeline, prompts, max_tokens, negative=False),
         timesteps=[t_gen],

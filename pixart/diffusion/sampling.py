@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline
+from diffusers import PixArtSigmaPipeline
 from PIL import Image
 
-from pixart.diffusion.schedule import dpm_solver_scheduler
+from pixart.diffusion.schedule import use_dpm_solver
 from pixart.models.builders import encode_captions, with_null_caption
 
 DEFAULT_STEPS = 20
@@ -58,8 +58,7 @@ def sample(
         pipeline = PixArtSigmaPipeline(**pipeline_or_parts)
     else:
         pipeline = pipeline_or_parts
-    if not isinstance(pipeline.scheduler, DPMSolverMultistepScheduler):
-        pipeline.scheduler = dpm_solver_scheduler()
+    use_dpm_solver(pipeline)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     result = pipeline(
         **prompt_embeddings(pipeline, prompts, max_tokens),

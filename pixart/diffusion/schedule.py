@@ -6,7 +6,9 @@ the same schedule, so that a model trained here samples correctly from a saved p
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
@@ -68,6 +70,43 @@ def ddpm_scheduler() -> DDPMScheduler:
     return DDPMScheduler(**_SCHEDULE_CONFIG, clip_sample=False)
 
 
-def dpm_solver_scheduler() -> DPMSolverMultistepScheduler:
-    """DPM-Solver++ (2nd order, multistep) on this schedule: the paper's 20-step sampler."""
-    return DPMSolverMultistepScheduler(**_SCHEDULE_CONFIG, algorithm_type="dpmsolver++", solver_order=2)
+class DataRangeDPMSolver(DPMSolverMultistepScheduler):
+    """DPM-Solver++ whose data prediction x0 is clamped, per latent channel, to the range of the
+    latents the model was trained on: DDPM's ``clip_denoised`` for latents. Near t = 999 an
+    epsilon-model's x0 is its epsilon error times 1 / sqrt(abar) (~160); the tiny models' errors put
+    single latents at 30-60 where the data stay within +-6, and the solver carries them to t = 0,
+    where the decoder draws them as specks and stripes. Only ever built in memory (``load_pipeline``):
+    a saved pipeline keeps diffusers' own scheduler class."""
+
+    latent_low: torch.Tensor
+    latent_high: torch.Tensor
+
+    def convert_model_output(self, model_output: torch.Tensor, *args, sample: torch.Tensor | None = None,
+                             **kwargs) -> torch.Tensor:
+        x0 = super().convert_model_output(model_output, *args, sample=sample, **kwargs)
+        shape = (1, -1) + (1,) * (x0.ndim - 2)
+        low, high = self.latent_low.to(x0).view(shape), self.latent_high.to(x0).view(shape)
+        return torch.maximum(torch.minimum(x0, high), low)
+
+
+def dpm_solver_scheduler(latent_range: Mapping[str, Sequence[float]] | None = None) -> DPMSolverMultistepScheduler:
+    """DPM-Solver++ (2nd order, multistep) on this schedule: the paper's 20-step sampler; with
+    ``latent_range`` ({"low": [...], "high": [...]}, scaled latents, one value per channel, as a
+    stage's ``stage.json`` holds it) the predicted x0 stays inside it (``DataRangeDPMSolver``)."""
+    config = {**_SCHEDULE_CONFIG, "algorithm_type": "dpmsolver++", "solver_order": 2}
+    if latent_range is None:
+        return DPMSolverMultistepScheduler(**config)
+    low, high = torch.tensor(latent_range["low"]), torch.tensor(latent_range["high"])
+    if low.shape != high.shape or low.ndim != 1 or bool((low > high).any()):
+        raise ValueError(f"latent_range: low {low.tolist()} and high {high.tolist()} must be per-channel "
+                         "lists of one length with low <= high")
+    scheduler = DataRangeDPMSolver(**config)
+    scheduler.latent_low, scheduler.latent_high = low, high
+    return scheduler
+
+
+def use_dpm_solver(pipeline: Any) -> None:
+    """Give ``pipeline`` this schedule's DPM-Solver++ unless it has one already (``load_pipeline``
+    installs a stage's, with its latent range)."""
+    if not isinstance(pipeline.scheduler, DPMSolverMultistepScheduler):
+        pipeline.scheduler = dpm_solver_scheduler()

@@ -200,6 +200,7 @@ def evaluate_stage(
     (DMD) checkpoint is sampled in one step, whatever ``steps`` and ``cfg`` say. Saves a sample grid
     to ``grid_path`` when given."""
     from pixart.diffusion.one_step import one_step_t_gen
+    from pixart.diffusion.schedule import DataRangeDPMSolver
     from pixart.models.pipeline import load_pipeline
 
     if len(prompts) != len(scenes):
@@ -216,7 +217,8 @@ def evaluate_stage(
         "fid": frechet_distance_to(features, reference),
         "seconds_per_image": seconds,
         "n_images": len(images),
-        "sampler": f"one step from t={t_gen}" if t_gen is not None else f"DPM-Solver {steps} steps, CFG {cfg}",
+        "sampler": f"one step from t={t_gen}" if t_gen is not None else f"DPM-Solver {steps} steps, CFG {cfg}"
+                   + (", x0 in the training latents' range" if isinstance(pipeline.scheduler, DataRangeDPMSolver) else ""),
     }
     if judge is not None:
         metrics |= _alignment(judge, images, scenes)

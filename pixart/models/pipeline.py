@@ -8,6 +8,7 @@ repository names), so ``import pixart.models`` must precede ``PixArtSigmaPipelin
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from diffusers import AutoencoderKL, PixArtSigmaPipeline, SchedulerMixin
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pixart import atomic
+from pixart.diffusion.schedule import dpm_solver_scheduler
 from pixart.models.transformer import PixArtSigmaTransformer
 
 
@@ -38,8 +40,14 @@ def save_pipeline(
 
 
 def load_pipeline(directory: str | Path, *, torch_dtype: torch.dtype | None = None) -> PixArtSigmaPipeline:
-    """Load a pipeline folder offline-capable, KV compression included."""
+    """Load a pipeline folder offline-capable, KV compression included. A stage folder whose
+    ``stage.json`` holds its training latents' ``latent_range`` samples with x0 kept inside it."""
     directory = Path(directory)
     if not (directory / "model_index.json").is_file():
         raise FileNotFoundError(f"{directory} is not a pipeline folder: no model_index.json")
-    return PixArtSigmaPipeline.from_pretrained(directory, torch_dtype=torch_dtype)
+    pipeline = PixArtSigmaPipeline.from_pretrained(directory, torch_dtype=torch_dtype)
+    stage_file = directory / "stage.json"
+    latent_range = json.loads(stage_file.read_text()).get("latent_range") if stage_file.is_file() else None
+    if latent_range is not None:
+        pipeline.scheduler = dpm_solver_scheduler(latent_range)
+    return pipeline

@@ -38,14 +38,14 @@ def make_teacher_pairs(teacher_dir: Path, features: Path, out_dir: Path, *, pair
     """Write ``out_dir/pairs.safetensors``: ``pairs`` teacher samples (DPM-Solver, ``steps`` steps, CFG
     ``cfg``, negative = the null caption) for the first cache captions, cycling when there are fewer;
     returns the file."""
-    from pixart.diffusion.schedule import dpm_solver_scheduler
+    from pixart.diffusion.schedule import use_dpm_solver
     from pixart.models.pipeline import load_pipeline
 
     cache = FeatureCache(features)
     shape = latent_shape(cache)
     null_text, null_mask = load_null_caption(features)
     pipeline = load_pipeline(teacher_dir)
-    pipeline.scheduler = dpm_solver_scheduler()
+    use_dpm_solver(pipeline)
     pipeline.set_progress_bar_config(disable=True)
     index = torch.arange(pairs) % len(cache)
     noise = torch.randn((pairs, *shape), generator=torch.Generator().manual_seed(seed))

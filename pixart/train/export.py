@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import diffusers
 
 from pixart import atomic, tracking
+from pixart.data.features import FeatureCache, feature_key
 from pixart.diffusion.schedule import dpm_solver_scheduler
 from pixart.models.builders import text_encoder_classes
 from pixart.models.transformer import PixArtSigmaTransformer
@@ -57,6 +58,17 @@ def read_stage_info(stage_dir: Path) -> dict[str, Any]:
     return json.loads((Path(stage_dir) / STAGE_FILE).read_text())
 
 
+def latent_range(job: StageJob) -> dict[str, list[float]] | None:
+    """The per-channel range of the stage's training latents, scaled as the transformer sees them:
+    the sampler keeps its predicted x0 inside it (``dpm_solver_scheduler``). None for a stage
+    without a feature cache (an imported checkpoint)."""
+    if feature_key(job.features) is None:
+        return None
+    low, high = FeatureCache(job.features).latent_range()
+    scale = job.components.scaling_factor()
+    return {"low": [v * scale for v in low], "high": [v * scale for v in high]}
+
+
 def export_stage(job: StageJob, transformer: PixArtSigmaTransformer, run: tracking.StageRun) -> Path:
     """Write the stage folder, register it as a version of the registered model with the stage's
     alias, and record the version in ``stage.json``."""
@@ -76,6 +88,7 @@ def export_stage(job: StageJob, transformer: PixArtSigmaTransformer, run: tracki
         "step": job.stage.steps,
         "data_version": job.data_version,
         "mlflow_run_id": run.run_id,
+        "latent_range": latent_range(job),
     }
     write_pipeline(job.out_dir, transformer, job, info)
     if job.sample_prompts:
