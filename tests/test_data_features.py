@@ -8,7 +8,7 @@ from diffusers import AutoencoderKL
 from transformers import T5Config, T5EncoderModel
 
 from pixart.data.buckets import AspectRatioBatchSampler, aspect_ratio_buckets
-from pixart.data.features import FeatureCache, build_feature_cache, load_pixels, weights_hash
+from pixart.data.features import FeatureCache, build_feature_cache, cache_key, load_pixels, weights_hash
 from pixart.data.format import load_dataset
 from pixart.data.generate import generate_dataset
 from pixart.data.scenes import SceneSpec
@@ -108,3 +108,22 @@ def test_bucketed_cache_feeds_the_single_ratio_sampler(parts):
     low, high = cache.latent_range()
     torch.testing.assert_close(torch.tensor(low), torch.stack([m.amin(dim=(1, 2)) for m in means]).amin(0))
     torch.testing.assert_close(torch.tensor(high), torch.stack([m.amax(dim=(1, 2)) for m in means]).amax(0))
+
+
+def test_a_cache_of_an_older_format_is_refused_by_name_and_rebuilt(parts, tmp_path):
+    import json
+
+    root, vae, text_encoder, tokenizer = parts
+    cache = _build(root, vae, text_encoder, tokenizer, batch_size=8)
+    old = tmp_path / "old"
+    old.mkdir()
+    index = json.loads((cache / "index.json").read_text())
+    index["components"]["format"] = 1
+    index["key"] = cache_key(index["components"])  # as format 1 wrote it
+    del index["latent_range"]
+    (old / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"old/index.json: feature cache format 1.*rebuild"):
+        FeatureCache(old)
+    rebuilt = build_feature_cache(root / "data", old, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                  resolution_px=16, caption_kind="dense", max_tokens=120, batch_size=8)
+    assert FeatureCache(rebuilt).latent_range() == FeatureCache(cache).latent_range()

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 INDEX = "index.json"
 # Bump when the shard layout changes, so that old caches are recomputed rather than misread.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the index holds the latents' per-channel range
 
 
 def weights_hash(module: torch.nn.Module) -> str:
@@ -169,6 +169,7 @@ def build_feature_cache(
 
     log.info("building feature cache %s: %d items, %d shards", out_dir, len(selected), len(batches))
     shards, items = [], []
+    low = high = None
     with atomic.folder(out_dir) as tmp, torch.inference_mode():
         for n, ((ratio, height, width), batch) in enumerate(tqdm(batches, desc="feature cache", leave=False)):
             pixels = torch.stack([load_pixels(dataset_dir / entries[i].path, height, width) for i in batch])
@@ -185,12 +186,16 @@ def build_feature_cache(
                 },
                 tmp / name,
             )
+            mean = dist.mean.float().cpu()
+            low = torch.minimum(low, mean.amin(dim=(0, 2, 3))) if low is not None else mean.amin(dim=(0, 2, 3))
+            high = torch.maximum(high, mean.amax(dim=(0, 2, 3))) if high is not None else mean.amax(dim=(0, 2, 3))
             shards.append(name)
             items.extend(
                 {"index": i, "shard": n, "row": row, "ratio": ratio, "height": height, "width": width}
                 for row, i in enumerate(batch)
             )
-        atomic.write_json(tmp / INDEX, {"key": key, "components": components, "shards": shards, "items": items})
+        atomic.write_json(tmp / INDEX, {"key": key, "components": components, "shards": shards, "items": items,
+                                        "latent_range": {"low": low.tolist(), "high": high.tolist()}})
     return out_dir
 
 
@@ -207,10 +212,14 @@ class FeatureCache(torch.utils.data.Dataset):
         index = _read_index(self.dir)
         if index is None:
             raise FileNotFoundError(f"{self.dir / INDEX}: missing or unreadable; build the feature cache first")
+        if index["components"].get("format") != CACHE_FORMAT:
+            raise ValueError(f"{self.dir / INDEX}: feature cache format {index['components'].get('format')}, this "
+                             f"code reads format {CACHE_FORMAT}; rebuild it (dvc repro features)")
         self.key: str = index["key"]
         self.components: dict[str, Any] = index["components"]
         self.items: list[dict[str, Any]] = index["items"]
         self.shards: list[str] = index["shards"]
+        self._latent_range: dict[str, list[float]] = index["latent_range"]
         self.pad_to = pad_to
         self._open: dict[int, Any] = {}
 
@@ -224,11 +233,9 @@ class FeatureCache(torch.utils.data.Dataset):
 
     def latent_range(self) -> tuple[list[float], list[float]]:
         """Per-channel minimum and maximum of the cached latents' posterior means (unscaled): the
-        range of the data a stage trains on, which its sampler keeps the predicted x0 inside."""
-        means = [self._shard(n).get_tensor("latent_mean") for n in range(len(self.shards))]
-        low = torch.stack([m.amin(dim=(0, 2, 3)) for m in means]).amin(0)
-        high = torch.stack([m.amax(dim=(0, 2, 3)) for m in means]).amax(0)
-        return low.tolist(), high.tolist()
+        range of the data a stage trains on, which its sampler keeps the predicted x0 inside.
+        Recorded while encoding, so that an export never rereads the latents (hundreds of GB at xl)."""
+        return self._latent_range["low"], self._latent_range["high"]
 
     def _shard(self, n: int) -> Any:
         if n not in self._open:
