@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 
 from pixart import atomic, tracking
 from pixart.config import load_profile
+from pixart.data.features import CACHE_FORMAT
 from pixart.data.null_caption import save_null_caption
 from pixart.diffusion.one_step import one_step_t_gen, sample_one_step
 from pixart.models.builders import encode_captions
@@ -36,11 +37,15 @@ def _world(root):
     text, mask = encode_captions(parts["text_encoder"], parts["tokenizer"], CAPTIONS[:8], 16)
     g = torch.Generator().manual_seed(0)
     latent = (8, 4, DEBUG_LATENT_SIDE, DEBUG_LATENT_SIDE)
-    save_file({"latent_mean": torch.randn(latent, generator=g), "latent_std": torch.full(latent, 0.1),
+    mean = torch.randn(latent, generator=g)
+    save_file({"latent_mean": mean, "latent_std": torch.full(latent, 0.1),
                "text": text.float().contiguous(), "mask": mask.to(torch.int8).contiguous()}, features / "shard-00000.safetensors")
-    atomic.write_json(features / "index.json", {"key": "k", "components": {}, "shards": ["shard-00000.safetensors"],
-                      "items": [{"index": i, "shard": 0, "row": i, "ratio": 1.0, "height": DEBUG_IMAGE_SIDE,
-                                 "width": DEBUG_IMAGE_SIDE} for i in range(8)]})
+    atomic.write_json(features / "index.json", {
+        "key": "k", "components": {"format": CACHE_FORMAT}, "shards": ["shard-00000.safetensors"],
+        "items": [{"index": i, "shard": 0, "row": i, "ratio": 1.0, "height": DEBUG_IMAGE_SIDE,
+                   "width": DEBUG_IMAGE_SIDE} for i in range(8)],
+        "latent_range": {"low": mean.amin(dim=(0, 2, 3)).tolist(), "high": mean.amax(dim=(0, 2, 3)).tolist()},
+    })
     null_text, null_mask = encode_captions(parts["text_encoder"], parts["tokenizer"], [""], 16)
     save_null_caption(features, null_text, null_mask)
     return teacher, components, features
