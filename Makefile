@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# dvc.yaml runs `python`: the environment's own interpreter, here the venv's.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Everything a stage or test process needs to stay offline and inside the project.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -15,7 +17,6 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.cache/dvc-site
 export DVC_GLOBAL_CONFIG_DIR := $(CURDIR)/.cache/dvc-global
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
-export DS_ACCELERATOR := cpu
 
 .PHONY: setup curriculum test lint clean
 

@@ -19,14 +19,24 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ROOT = Path(__file__).resolve().parent.parent
 # Stage processes run offline and keep tool state inside the project, whoever starts them.
 STAGE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-             "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}
+             "TOKENIZERS_PARALLELISM": "false"}
+
+
+def accelerator() -> str:
+    """DeepSpeed's accelerator for this machine: it follows the device (a GPU pod gets cuda)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def apply_stage_env(env: MutableMapping[str, str] | None = None) -> None:
-    """Fill in ``STAGE_ENV`` where ``env`` (default: this process's environment) does not set it."""
+    """Fill in ``STAGE_ENV`` and ``DS_ACCELERATOR`` where ``env`` (default: this process's
+    environment) does not set them."""
     env = os.environ if env is None else env
     for key, value in STAGE_ENV.items():
         env.setdefault(key, value)
+    if "DS_ACCELERATOR" not in env:
+        env["DS_ACCELERATOR"] = accelerator()
 
 
 class Settings(BaseSettings):
@@ -50,10 +60,13 @@ class Settings(BaseSettings):
     metrics_dir: Path = Path("metrics")
     cache_dir: Path = Path(".cache")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    launcher: Literal["none", "deepspeed", "torchrun"] = Field(
-        "none", description="How trainers start: in-process (none) or under a multi-process launcher."
+    launcher: Literal["auto", "none", "deepspeed", "torchrun"] = Field(
+        "auto", description="How trainers start: in-process (none), under a multi-process launcher, or auto: "
+        "torchrun when the stage trains on more than one process, else in-process.",
     )
-    num_gpus: int = Field(1, ge=1, description="Processes per node under a launcher.")
+    num_gpus: int | None = Field(
+        None, ge=1, description="Processes per node under a launcher; unset: the stage's num_gpus in params.yaml."
+    )
     num_nodes: int = Field(1, ge=1)
     hostfile: Path | None = None
     master_addr: str = "127.0.0.1"

@@ -22,12 +22,25 @@ class StageContext:
     name: str | None
 
 
+def _refuse_drifted_dag() -> None:
+    """Under DVC, a dvc.yaml rendered for another profile (or edited by hand) would run this stage with
+    the wrong dependencies: stop before anything is written, and say how to fix it."""
+    from pixart import dag
+
+    try:
+        dag.check()
+    except dag.DagDrift as drift:
+        raise SystemExit(f"{os.environ['DVC_STAGE']}: {drift}") from None
+
+
 def parse(description: str, *, named: bool = False) -> StageContext:
     parser = argparse.ArgumentParser(description=description)
     if named:
         parser.add_argument("name", help="stage (or VAE) name from params.yaml")
     parser.add_argument("--profile", default=None, help="params.yaml profile (default: its 'profile')")
     args = parser.parse_args()
+    if args.profile is None and os.environ.get("DVC_STAGE"):
+        _refuse_drifted_dag()
     profile_name, profile = load_profile(args.profile)
     settings = get_settings()
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(settings.path(settings.cache_dir) / "torch_extensions"))

@@ -18,6 +18,8 @@ for key, value in {
     "DVC_GLOBAL_CONFIG_DIR": str(_STATE / "dvc-global"),
 }.items():
     os.environ.setdefault(key, value)
+# dvc.yaml runs `python`: the environment's own, as under `make`
+os.environ["PATH"] = f"{Path(__file__).resolve().parent.parent / '.venv/bin'}{os.pathsep}{os.environ.get('PATH', '')}"
 # torch extensions (DeepSpeed's shm comm op) compile once per machine, not once per test run.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parent.parent / ".cache/torch_extensions"))
 
@@ -57,8 +59,10 @@ def copy_repo(dst: Path, profile: str) -> Path:
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / name)
     (dst / ".venv").symlink_to(REPO / ".venv")
-    params = dst / "params.yaml"
-    params.write_text(params.read_text().replace("\nprofile: tiny\n", f"\nprofile: {profile}\n", 1))
+    from pixart import dag
+
+    dag.set_active_profile(dst / "params.yaml", profile)
+    dag.write(dst / "params.yaml")
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=dst, check=True)

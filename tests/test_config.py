@@ -92,19 +92,30 @@ def test_settings_never_print_secrets(monkeypatch):
     assert "**********" in result.output
 
 
-def test_every_param_dvc_yaml_names_is_stated_in_every_profile():
-    # DVC reads params.yaml literally and knows nothing of `extends`: a key a profile only inherits
-    # fails `dvc repro` with "Parameters missing" for that profile.
-    import re
+def test_stage_defaults_fill_every_stage_and_a_stage_key_overrides_them():
+    _, xl = load_profile("xl")
+    assert {s.vae for n, s in xl.stages.items() if n != "base"} == {"new"} and xl.stages["base"].vae == "old"
+    assert xl.stages["align"].lr == 2e-5 and xl.stages["aes-1024"].lr == 1e-5
+    assert {s.num_gpus for s in xl.stages.values()} == {8}
+    _, rehearsal = load_profile("xl-rehearsal")
+    assert {s.num_gpus for s in rehearsal.stages.values()} == {2}  # its stage_defaults merge into xl's
+    assert rehearsal.stages["aes-1024"].lr == 1e-5
 
-    dvc_yaml = yaml.safe_load((PARAMS_FILE.parent / "dvc.yaml").read_text())
-    keys = {p for stage in dvc_yaml["stages"].values() for p in stage.get("params", [])
-            if isinstance(p, str) and p.startswith("profiles.${profile}.")}
-    raw = yaml.safe_load(PARAMS_FILE.read_text())
-    assert keys
-    for profile_name, profile in raw["profiles"].items():
-        for key in keys:
-            node = profile
-            for part in re.sub(r"^profiles\.\$\{profile\}\.", "", key).split("."):
-                assert isinstance(node, dict) and part in node, f"profiles.{profile_name}: '{key}' is not stated"
-                node = node[part]
+
+def test_xl_rehearsal_changes_only_sizes_of_xl():
+    _, xl = load_profile("xl")
+    _, rehearsal = load_profile("xl-rehearsal")
+    assert rehearsal.train.model_dump(exclude={"log_every", "save_every"}) == xl.train.model_dump(
+        exclude={"log_every", "save_every"})
+    assert (rehearsal.data, rehearsal.vaes, rehearsal.text_encoder) == (xl.data, xl.vaes, xl.text_encoder)
+    sizes = {"steps", "batch_size", "num_gpus", "dmd"}
+    for name, stage in xl.stages.items():
+        assert rehearsal.stages[name].model_dump(exclude=sizes) == stage.model_dump(exclude=sizes), name
+    assert rehearsal.pixeval.model_dump(exclude={"n_prompts"}) == xl.pixeval.model_dump(exclude={"n_prompts"})
+
+
+def test_zero3_is_refused_naming_the_field(tmp_path):
+    bad = _write(tmp_path, lambda raw: raw["profiles"]["xl"]["train"].update(zero_stage=3))
+    with pytest.raises(ParamsError) as err:
+        load_profile("xl", bad)
+    assert "profiles.xl.train.zero_stage" in str(err.value) and "EMA" in str(err.value)

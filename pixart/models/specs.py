@@ -1,6 +1,7 @@
 """Model specs: the transformer and text-encoder shapes of each scale, by name.
 
-``xl`` is PixArt-Sigma XL/2 from the paper; ``tiny`` is sized for the CPU curriculum; ``debug`` is the
+``xl`` is PixArt-Sigma XL/2 from the paper; ``xl-rehearsal`` is its structure at a debug width;
+``tiny`` is sized for the CPU curriculum; ``debug`` is the
 smallest model that still exercises every code path (KV compression included) in tests.
 """
 
@@ -65,6 +66,18 @@ SPECS: dict[str, ModelSpec] = {
         head_dim=72,
         patch_size=2,
         caption_channels=4096,  # T5-XXL
+        kv_compress_layers=tuple(range(14, 28)),
+        text_encoder=None,
+    ),
+    # the XL/2 structure (depth, KV layers, patch, channels) at a width a CPU trains in seconds:
+    # the xl-rehearsal profile's model, with a stand-in T5 of d_model 32
+    "xl-rehearsal": ModelSpec(
+        name="xl-rehearsal",
+        depth=28,
+        num_heads=2,
+        head_dim=16,
+        patch_size=2,
+        caption_channels=32,
         kv_compress_layers=tuple(range(14, 28)),
         text_encoder=None,
     ),

@@ -34,23 +34,18 @@ from pixart.train.checkpoint import ResumableState, step_tag
 from pixart.train.dmd_pairs import TeacherPairs, latent_shape
 from pixart.train.ds_config import deepspeed_config
 from pixart.train.ema import EMA
-from pixart.train.export import export_stage
 from pixart.train.optim import build_optimizer, constant_with_warmup
-from pixart.train.trainer import StageJob, global_mean, report_progress
+from pixart.train.trainer import StageJob, denoiser_output, export_ema, global_mean, report_progress
 from pixart.train.weak_input import load_transformer
 
 # The distribution-matching timestep range of DMD: t in [0.02, 0.98] x 1000.
 DM_T_MIN, DM_T_MAX = 20, 980
 FAKE_SCORE_DIR = "fake-score"
 
-_NO_MICRO_CONDITIONS = {"resolution": None, "aspect_ratio": None}
-
 
 def eps(model, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The epsilon half of a learned-sigma transformer's output (model: a module or a DeepSpeed engine)."""
-    out = model(x_t, encoder_hidden_states=text, encoder_attention_mask=mask, timestep=t,
-                added_cond_kwargs=_NO_MICRO_CONDITIONS).sample
-    return out[:, : x_t.shape[1]]
+    return denoiser_output(model, x_t, t, text, mask)[:, : x_t.shape[1]]
 
 
 def generate(generator, z: torch.Tensor, t_gen: int, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -148,7 +143,9 @@ def train_dmd(job: StageJob, pairs_file: Path) -> Path:
     device = distributed.device()
     torch.manual_seed(train_cfg.seed)
 
-    teacher = load_transformer(job, job.components).to(device).eval().requires_grad_(False)
+    # the frozen real score runs in the engines' precision: inference only, and half the memory at xl
+    dtype = torch.bfloat16 if train_cfg.precision == "bf16" else torch.float32
+    teacher = load_transformer(job, job.components).to(device, dtype).eval().requires_grad_(False)
     generator_model = load_transformer(job, job.components)
     if train_cfg.grad_checkpointing:
         generator_model.enable_gradient_checkpointing()
@@ -205,8 +202,7 @@ def train_dmd(job: StageJob, pairs_file: Path) -> Path:
             if step % train_cfg.save_every == 0 and step < stage.steps:
                 _save(state, generator, fake_score, ema, step, sampler)
 
-        ema.copy_to(generator.module)
-        return export_stage(job, generator.module, run)
+        return export_ema(job, generator, ema, run)
 
 
 def _save(state: ResumableState, generator, fake_score, ema: EMA, step: int, sampler) -> None:

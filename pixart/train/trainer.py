@@ -121,11 +121,8 @@ def train(job: StageJob) -> Path:
                 noise, t = draws["noise"], draws["t"]
                 text, mask = drop_captions(batch["text"], batch["mask"], *_pad_to(null_text, null_mask, batch["mask"]),
                                            draws["drop"])
-                out = engine(
-                    q_sample(x0, noise, t).to(device), encoder_hidden_states=text.to(device),
-                    encoder_attention_mask=mask.to(device), timestep=t.to(device),
-                    added_cond_kwargs={"resolution": None, "aspect_ratio": None},
-                ).sample
+                out = denoiser_output(engine, q_sample(x0, noise, t).to(device), t.to(device), text.to(device),
+                                      mask.to(device))
                 losses = {k: v.mean() for k, v in training_losses(
                     out, x0.to(device), noise.to(device), t.to(device), min_snr_gamma=train_cfg.min_snr_gamma
                 ).items()}
@@ -150,8 +147,26 @@ def train(job: StageJob) -> Path:
             if step == _crash_at:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        ema.copy_to(engine.module)
-        return export_stage(job, engine.module, run)
+        return export_ema(job, engine, ema, run)
+
+
+def denoiser_output(model, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
+    """The transformer's output (epsilon, then the learned-sigma channels) in fp32, whatever the
+    precision it runs in (model: a module or a DeepSpeed engine). A bf16 engine casts its weights,
+    not its inputs, so the latents and caption features are cast to the weights' dtype here, and the
+    losses are computed in fp32 from the upcast output."""
+    dtype = next(model.parameters()).dtype
+    return model(x_t.to(dtype), encoder_hidden_states=text.to(dtype), encoder_attention_mask=mask, timestep=t,
+                 added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample.float()
+
+
+def export_ema(job: StageJob, engine, ema: EMA, run: tracking.StageRun) -> Path:
+    """Export the EMA weights in fp32: the module is upcast before the fp32 shadow is copied in, so a
+    bf16 run exports what its EMA accumulated, not a bf16 rounding of it."""
+    model = engine.module.float()
+    ema.copy_to(model)
+    return export_stage(job, model, run)
 
 
 def report_progress(name: str, step: int, steps: int, log_every: int, metrics: dict[str, float]) -> None:

@@ -1,0 +1,177 @@
+"""The curriculum's DAG, rendered from params.yaml into DVC's ``dvc.yaml``: the curriculum is defined once.
+
+A profile's stage table is the DAG: one DVC stage per row, named literally after it (the name that is
+also the MLflow alias, the Prefect task and the output folder), each depending on its weak input's
+output folder and on the params keys that define it. DVC knows nothing of ``extends`` or
+``stage_defaults``, so a stage's params are every key of the profile's ``extends`` chain that holds
+part of it. ``dvc.yaml`` is rendered for the active profile (params.yaml ``profile``): switching
+profiles is ``pixart dag --write --profile NAME``, and a drifted or hand-edited ``dvc.yaml`` is refused
+by ``pixart dag --check`` and by every stage DVC starts. This module writes YAML; it never imports DVC.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pixart import atomic
+from pixart.config import PARAMS_FILE, ParamsError, Profile, extends_chain, load_profile, read_raw
+from pixart.paths import feature_set
+
+DVC_FILE = "dvc.yaml"
+HEADER = (
+    "# Rendered from params.yaml (profile {profile}) by `pixart dag --write`: do not edit by hand.\n"
+    "# `pixart dag --check` fails, and so does every stage under DVC, when this file and params.yaml differ.\n"
+)
+# What every stage entry point runs; `python` is the environment's own (a venv, /opt/venv in the image).
+PYTHON = "python"
+DATA_CODE = ["pixart/data/generate.py", "pixart/data/scenes.py", "pixart/data/format.py", "pixart/data/importers.py",
+             "pixart/data/prepare.py"]
+TRAIN_CODE = ["stages/train.py", "stages/common.py", "pixart/cli/train.py", "pixart/train", "pixart/models",
+              "pixart/diffusion"]
+
+
+class DagDrift(RuntimeError):
+    """dvc.yaml is not what params.yaml renders; the message holds the start of the diff."""
+
+
+class _Keys:
+    """The params.yaml keys that hold part of a profile's section, along its ``extends`` chain."""
+
+    def __init__(self, raw_profiles: dict[str, Any], name: str) -> None:
+        self.raw, self.chain = raw_profiles, extends_chain(raw_profiles, name)
+
+    def __call__(self, *path: str) -> list[str]:
+        keys = []
+        for profile in self.chain:
+            node: Any = self.raw[profile]
+            for part in path:
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None:
+                keys.append(".".join(("profiles", profile, *path)))
+        return keys
+
+
+def _local(path: Path | None) -> list[str]:
+    """A pretrained file or folder as a dependency, so that DVC sees a user swap its weights."""
+    return [] if path is None else [str(path)]
+
+
+def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
+    data = profile.data
+    sources = [data.path, getattr(data, "heldout_path", None)] if data.source != "generated" else []
+    stages: dict[str, Any] = {
+        "prepare-data": {
+            "cmd": f"{PYTHON} -m stages.prepare_data",
+            "deps": ["stages/prepare_data.py", "stages/common.py", *DATA_CODE, *(str(p) for p in sources if p)],
+            "params": ["profile", *keys("data")],
+            "outs": ["data/train", "data/heldout"],
+        },
+        "caption-stats": {
+            "cmd": f"{PYTHON} -m stages.caption_stats",
+            "deps": ["stages/caption_stats.py", "pixart/data/caption_stats.py", "data/train"],
+            "params": ["profile"],
+            "metrics": [{"metrics/caption_stats.json": {"cache": False}}],
+        },
+        "text-encoder": {
+            "cmd": f"{PYTHON} -m stages.text_encoder",
+            "deps": ["stages/text_encoder.py", "pixart/models/builders.py", "data/train",
+                     *_local(profile.text_encoder.path)],
+            "params": ["profile", *keys("text_encoder"), *keys("model")],
+            "outs": ["outputs/text-encoder"],
+        },
+        "vaes": {
+            "cmd": f"{PYTHON} -m stages.vaes",
+            "deps": ["stages/vaes.py", "pixart/train/vae.py", "pixart/train/optim.py", "pixart/models/builders.py",
+                     "data/train", "data/heldout", *(p for v in profile.vaes.values() for p in _local(v.path))],
+            "params": ["profile", *keys("vaes"), *keys("pixel_scale"), *keys("train")],
+            "outs": [f"outputs/vae-{name}" for name in profile.vaes],
+            "metrics": [{"metrics/vaes.json": {"cache": False}}],
+        },
+        "features": {
+            "cmd": f"{PYTHON} -m stages.features",
+            "deps": ["stages/features.py", "pixart/data/features.py", "pixart/data/buckets.py",
+                     "pixart/models/builders.py", "data/train", "outputs/text-encoder",
+                     *(f"outputs/vae-{name}" for name in profile.vaes)],
+            "params": ["profile", *keys("stages"), *keys("stage_defaults"), *keys("pixel_scale"),
+                       *keys("bucket_quantum_px"), *keys("train")],
+            "outs": [{"features": {"persist": True}}],
+        },
+    }
+    for name, stage in profile.stages.items():
+        stage_params = ["profile", *keys("stages", name), *keys("stage_defaults"), *keys("train"), *keys("model")]
+        weak = [f"outputs/{stage.init_from}"] if stage.init_from else []
+        features = f"features/{feature_set(profile, name)}"
+        if stage.kind == "dmd":
+            stages[f"{name}-pairs"] = {
+                "cmd": f"{PYTHON} -m stages.teacher_pairs {name}",
+                "deps": ["stages/teacher_pairs.py", "pixart/train/dmd_pairs.py", "pixart/diffusion", "pixart/models",
+                         features, *weak],
+                "params": stage_params,
+                "outs": [f"outputs/{name}-pairs"],
+            }
+            weak = [*weak, f"outputs/{name}-pairs"]
+        stages[name] = {
+            "cmd": f"{PYTHON} -m pixart train {name}",
+            "deps": [*TRAIN_CODE, features, *weak, *_local(stage.pretrained)],
+            "params": stage_params,
+            "outs": [f"outputs/{name}"],
+        }
+    pe = profile.pixeval
+    judged = pe.judge_steps > 0 and data.source == "generated"
+    stages["pixeval"] = {
+        "cmd": f"{PYTHON} -m stages.pixeval",
+        "deps": ["stages/pixeval.py", "pixart/eval", "data/heldout", "data/train",
+                 *(f"outputs/{name}" for name in profile.stages), *_local(pe.inception_path), *_local(pe.clip_path)],
+        "params": ["profile", *keys("pixeval")],
+        "outs": [*([{"outputs/judge": {"persist": True}}] if judged else []), "metrics/pixeval"],
+        "metrics": [{"metrics/pixeval.json": {"cache": False}}, {"metrics/pixeval_trend.json": {"cache": False}}],
+        "plots": [{"metrics/pixeval_plot.csv": {"cache": False, "x": "stage"}}],
+    }
+    return stages
+
+
+def render(params_file: Path = PARAMS_FILE) -> str:
+    """dvc.yaml's text for the active profile of ``params_file``."""
+    raw = read_raw(params_file)
+    name, profile = load_profile(None, params_file)
+    body = yaml.safe_dump({"stages": _stages(name, profile, _Keys(raw["profiles"], name))}, sort_keys=False,
+                          width=120)
+    return HEADER.format(profile=name) + body
+
+
+def dvc_file(params_file: Path = PARAMS_FILE) -> Path:
+    return Path(params_file).parent / DVC_FILE
+
+
+def set_active_profile(params_file: Path, name: str) -> None:
+    """Point params.yaml's top-level ``profile:`` at ``name`` (which must exist), keeping the rest."""
+    text = Path(params_file).read_text()
+    if name not in read_raw(params_file)["profiles"]:
+        raise ParamsError(f"{params_file}: profiles: no profile '{name}'")
+    new, count = re.subn(r"^profile:.*$", f"profile: {name}", text, count=1, flags=re.MULTILINE)
+    if count != 1:
+        raise ParamsError(f"{params_file}: no top-level 'profile:' line to set")
+    atomic.write_text(Path(params_file), new)
+
+
+def write(params_file: Path = PARAMS_FILE) -> Path:
+    out = dvc_file(params_file)
+    atomic.write_text(out, render(params_file))
+    return out
+
+
+def check(params_file: Path = PARAMS_FILE) -> None:
+    """Raise ``DagDrift`` when dvc.yaml is missing or differs from what params.yaml renders."""
+    out = dvc_file(params_file)
+    expected = render(params_file)
+    actual = out.read_text() if out.is_file() else ""
+    if actual != expected:
+        diff = "".join(list(difflib.unified_diff(actual.splitlines(True), expected.splitlines(True),
+                                                 str(out), "rendered from params.yaml"))[:40])
+        raise DagDrift(f"{out} is not what {params_file} renders; run `pixart dag --write` (never edit it by "
+                       f"hand):\n{diff}")
