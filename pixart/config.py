@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = Path(__file__).resolve().parent.parent / "params.yaml"
 
@@ -42,17 +42,56 @@ class GeneratorConfig(_Strict):
     resolution_px: int = Field(gt=0, description="Render size (short side) of the stored images.")
 
 
+DataSource = Literal["generated", "folder", "jsonl"]
+# fields that only an imported source (folder, jsonl) reads
+_IMPORT_FIELDS = ("path", "heldout_path", "n_heldout", "split_seed", "missing_dense")
+
+
 class DataConfig(_Strict):
-    source: Literal["generated", "folder"] = "generated"
-    path: Path | None = Field(None, description="An imported dataset folder (data_info.json) when source=folder.")
-    generator: GeneratorConfig | None = None
+    """Where the training and held-out sets come from; prepare-data turns it into data/train and
+    data/heldout (pixart.data.prepare), which every later stage reads."""
+
+    source: DataSource = Field(
+        "generated",
+        description="generated: the scene dataset rendered here (tiny); folder: a folder of images with "
+        "same-named .txt raw captions (and optional .dense.txt dense captions), or a dataset folder holding "
+        "data_info.json; jsonl: a JSONL file of {path, caption[, dense_caption]} lines.",
+    )
+    path: Path | None = Field(
+        None, description="The imported training data (folder or JSONL file, as 'source' says); relative to the "
+        "project root. Without 'heldout_path' the held-out set is split from it."
+    )
+    heldout_path: Path | None = Field(
+        None, description="The user's own held-out set, the same kind as 'path'; null = a seeded split of 'path'."
+    )
+    n_heldout: int = Field(
+        64, ge=2, description="Entries drawn from 'path' for the held-out set when 'heldout_path' is null "
+        "(at least 2: PixEval's FID needs two); must be below the number of usable entries."
+    )
+    split_seed: int = Field(0, description="Seed of the held-out split: same seed and data, same split.")
+    missing_dense: Literal["error", "raw"] = Field(
+        "error", description="An imported entry without a dense caption: 'error' fails prepare-data naming it, "
+        "'raw' uses its raw caption as the dense one (counted in the import report)."
+    )
+    generator: GeneratorConfig | None = Field(None, description="The generated dataset (source 'generated').")
 
     @model_validator(mode="after")
     def _source_matches(self) -> DataConfig:
-        if self.source == "generated" and self.generator is None:
-            raise ValueError("source 'generated' needs a 'generator' section")
-        if self.source == "folder" and self.path is None:
-            raise ValueError("source 'folder' needs 'path'")
+        if self.source == "generated":
+            if self.generator is None:
+                raise ValueError("source 'generated' needs a 'generator' section")
+            stray = [f for f in _IMPORT_FIELDS if f in self.model_fields_set]
+            if stray:
+                raise ValueError(f"{', '.join(stray)}: only for source 'folder' or 'jsonl' (the generated set's "
+                                 "held-out size is generator.n_heldout)")
+            return self
+        if self.path is None:
+            raise ValueError(f"source '{self.source}' needs 'path'")
+        if self.generator is not None:
+            raise ValueError(f"generator: only for source 'generated', not '{self.source}' (a profile that "
+                             "extends one with a generator sets 'generator: null')")
+        if self.heldout_path is not None and {"n_heldout", "split_seed"} & self.model_fields_set:
+            raise ValueError("n_heldout, split_seed: they split 'path'; with 'heldout_path' set there is no split")
         return self
 
 
@@ -95,7 +134,7 @@ class TextEncoderConfig(_Strict):
 class TrainDefaults(_Strict):
     """Trainer settings shared by every stage of a profile."""
 
-    zero_stage: Literal[0, 1, 2, 3] = 2
+    zero_stage: int = Field(2, description="DeepSpeed ZeRO stage: 0, 1 or 2 (3 is refused, see below).")
     precision: Literal["fp32", "bf16"] = "fp32"
     optimizer: Literal["adamw", "came"] = "adamw"
     weight_decay: float = Field(0.03, ge=0)
@@ -109,6 +148,18 @@ class TrainDefaults(_Strict):
     log_every: int = Field(10, ge=1)
     sample_every: int = Field(0, ge=0, description="Steps between sample grids logged to MLflow; 0 = at the end.")
     save_every: int = Field(100, ge=1, description="Steps between resumable DeepSpeed checkpoints.")
+
+    @field_validator("zero_stage")
+    @classmethod
+    def _zero_stage(cls, value: int) -> int:
+        # ZeRO-3 partitions the parameters themselves: the EMA update and the export read whole
+        # parameters from the module, which under ZeRO-3 hold empty placeholders outside a gather
+        if value == 3:
+            raise ValueError("ZeRO-3 is not supported: the EMA and the export read whole parameters, which ZeRO-3 "
+                             "partitions across ranks; use 2 (optimizer states and gradients partitioned)")
+        if value not in (0, 1, 2):
+            raise ValueError(f"{value} is not a DeepSpeed ZeRO stage (0, 1 or 2)")
+        return value
 
 
 class DMDConfig(_Strict):
@@ -144,7 +195,7 @@ class StageConfig(_Strict):
     kv_compress_layers: list[int] = Field(default_factory=list, description="Blocks with KV token compression.")
     multi_aspect: bool = Field(False, description="Aspect-ratio buckets instead of square crops.")
     quality: Literal["all", "high"] = Field("all", description="'high' trains on the aesthetic tier only.")
-    num_gpus: int = Field(1, ge=1)
+    num_gpus: int = Field(1, ge=1, description="Processes (GPUs) that train the stage; >1 starts a launcher.")
     timeout_min: int = Field(60, gt=0)
     images: int | None = Field(None, gt=0, description="Images this stage trains on (the first of its "
                                "selection); null = all. xl: the paper's count.")
@@ -187,6 +238,11 @@ class Profile(_Strict):
     vaes: dict[str, VAEConfig]
     text_encoder: TextEncoderConfig
     train: TrainDefaults
+    stage_defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Fields every stage of the profile starts from; a stage's own keys override them, so the "
+        "stage table states only what each stage changes.",
+    )
     stages: dict[str, StageConfig]
     pixeval: PixEvalConfig
 
@@ -240,6 +296,23 @@ def _resolve(raw_profiles: dict[str, Any], name: str, file: Path, chain: tuple[s
     return _deep_merge(_resolve(raw_profiles, parent, file, (*chain, name)), raw)
 
 
+def extends_chain(raw_profiles: dict[str, Any], name: str) -> list[str]:
+    """``name`` and the profiles it extends, base first: the params.yaml keys that define it."""
+    chain = [name]
+    while isinstance(raw_profiles.get(chain[0]), dict) and raw_profiles[chain[0]].get("extends"):
+        chain.insert(0, raw_profiles[chain[0]]["extends"])
+    return chain
+
+
+def _apply_stage_defaults(merged: dict[str, Any]) -> dict[str, Any]:
+    defaults = merged.get("stage_defaults") or {}
+    if not isinstance(defaults, dict) or not isinstance(merged.get("stages"), dict):
+        return merged
+    stages = {name: _deep_merge(defaults, stage) if isinstance(stage, dict) else stage
+              for name, stage in merged["stages"].items()}
+    return {**merged, "stages": stages}
+
+
 def _format(error: ValidationError, prefix: str, file: Path) -> str:
     lines = [f"{file}: invalid parameters"]
     for err in error.errors():
@@ -267,7 +340,7 @@ def load_profile(name: str | None = None, file: Path = PARAMS_FILE) -> tuple[str
     """The named profile (default: params.yaml's ``profile``), merged and validated."""
     raw = read_raw(file)
     name = name or raw.get("profile") or "tiny"
-    merged = _resolve(raw["profiles"], name, Path(file))
+    merged = _apply_stage_defaults(_resolve(raw["profiles"], name, Path(file)))
     try:
         return name, Profile.model_validate(merged)
     except ValidationError as exc:

@@ -38,10 +38,11 @@ class CurriculumPaths:
     def train_data(self) -> Path:
         return self.data / "train"
 
-    def train_dataset(self, profile: Profile) -> Path:
-        """The generated training set, or the imported folder named in params."""
-        if profile.data.source == "folder":
-            return self.settings.path(profile.data.path)
+    def train_dataset(self, profile: Profile | None = None) -> Path:
+        """The training set every stage reads: data/train, which prepare-data writes for every
+        source (generated or imported) and dvc.yaml declares; never the user's folder in
+        ``data.path``, which only prepare-data reads. ``profile`` is accepted for the callers that
+        pass it."""
         return self.train_data
 
     @property

@@ -1,22 +1,24 @@
-"""prepare-data: the training and held-out datasets (generated for tiny, imported for xl)."""
+"""prepare-data: data/train and data/heldout from params.yaml's ``data`` section — the generated
+scenes (tiny), or the user's folder / JSONL / data_info.json dataset, checked entry by entry, with a
+seeded held-out split or the user's own held-out set (pixart.data.prepare); each imported split
+gets an import_report.json of what was skipped and why."""
 
-from pixart.data.format import load_dataset
-from pixart.data.generate import generate_dataset, spec_from_generator
+import sys
+
+from pixart.data.format import DatasetError
+from pixart.data.prepare import PrepareError, prepare, summary
 from stages.common import parse
 
 
 def main() -> None:
     ctx = parse(__doc__)
-    data = ctx.profile.data
-    if data.source == "folder":
-        entries = load_dataset(ctx.settings.path(data.path))  # validates; training reads it in place
-        print(f"prepare-data: {len(entries)} entries in {data.path}")
-        return
-    gen = data.generator
-    spec = spec_from_generator(gen)
-    for split, n, out in (("train", gen.n_images, ctx.paths.train_data), ("heldout", gen.n_heldout, ctx.paths.heldout_data)):
-        generate_dataset(out, n=n, seed=gen.seed, resolution_px=gen.resolution_px, spec=spec, split=split)
-        print(f"prepare-data: {n} {split} images -> {out}")
+    outs = {"train": ctx.paths.train_data, "heldout": ctx.paths.heldout_data}
+    try:
+        reports = prepare(ctx.profile.data, outs["train"], outs["heldout"], root=ctx.settings.root)
+    except (PrepareError, DatasetError) as exc:
+        sys.exit(f"prepare-data: {exc}")
+    for split, report in reports.items():
+        print(summary(report, outs[split]))
 
 
 if __name__ == "__main__":

@@ -38,11 +38,12 @@ def build_job(ctx) -> StageJob:
 
 
 def sample_prompts(ctx, caption: str, n: int = 4) -> list[str]:
-    """The first held-out captions of the stage's caption kind (none for imported data)."""
+    """The first held-out captions of the stage's caption kind, for every data source (prepare-data
+    writes data/heldout for generated and imported data alike); none before it exists."""
     heldout = ctx.paths.heldout_data
-    if ctx.profile.data.source != "generated" or not heldout.exists():
+    if not heldout.exists():
         return []
-    return [e.caption(caption) for e in load_dataset(heldout)[:n]]
+    return [e.caption(caption) or e.caption("raw") for e in load_dataset(heldout)[:n]]
 
 
 def main() -> None:

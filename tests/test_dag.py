@@ -38,7 +38,7 @@ def test_every_profile_renders_a_dag_dvc_accepts_with_every_stage_of_its_table(t
     # DVC itself parses it: every stage, dependency and params key it names exists
     env = subprocess_env()
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, env=env, check=True)
-    listed = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=tmp_path, env=env,
+    listed = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=tmp_path, env=env, check=False,
                             capture_output=True, text=True)
     assert listed.returncode == 0, listed.stderr
     assert {line.split()[0] for line in listed.stdout.splitlines() if line.strip()} == set(stages)
@@ -79,7 +79,7 @@ def test_a_stage_under_dvc_refuses_a_dag_rendered_for_another_profile(tmp_path):
     root = copy_repo(tmp_path, "smoke")
     dag.set_active_profile(root / "params.yaml", "tiny")  # switched without re-rendering
     env = {**subprocess_env(), "PIXART_ROOT": str(root), "DVC_STAGE": "caption-stats", "DVC_ROOT": str(root)}
-    proc = subprocess.run([sys.executable, "-m", "stages.caption_stats"], cwd=root, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "stages.caption_stats"], cwd=root, env=env, capture_output=True, check=False,
                           text=True)
     assert proc.returncode != 0
     assert "caption-stats:" in proc.stderr and "pixart dag --write" in proc.stderr

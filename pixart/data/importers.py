@@ -1,7 +1,7 @@
 """Import real captioned images into the dataset format, skipping bad entries with a report.
 
-Sources: a folder of images with same-named ``.txt`` captions, or a JSONL file of
-``{"path", "caption"[, "dense_caption"]}`` lines. Images are copied to ``images/<sha256>.<ext>``,
+Sources: a folder of images with same-named ``.txt`` raw captions and optional ``.dense.txt`` dense
+captions, or a JSONL file of ``{"path", "caption"[, "dense_caption"]}`` lines. Images are copied to ``images/<sha256>.<ext>``,
 so re-importing the same image is a no-op and an import appends to an existing dataset without
 touching what is there. Bad entries (missing or unreadable image, empty caption, aspect ratio
 beyond 4.5 — the official loader's limit) are skipped and counted per reason in
@@ -24,6 +24,7 @@ from pixart import atomic
 from pixart.data.format import DATA_INFO, IMAGES, Entry, load_dataset, write_data_info
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+DENSE_SUFFIX = ".dense.txt"
 MAX_RATIO = 4.5
 REPORT = "import_report.json"
 
@@ -38,20 +39,34 @@ class Candidate:
     dense: str = ""
 
 
+def _stem_and_kind(path: Path) -> tuple[Path, str]:
+    """(the image stem a file belongs to, "image" | "raw" | "dense"): ``x.dense.txt`` is the dense
+    caption of ``x.<ext>``, never the raw caption of an image called ``x.dense``."""
+    name = path.name
+    if name.lower().endswith(DENSE_SUFFIX) and len(name) > len(DENSE_SUFFIX):
+        return path.with_name(name[: -len(DENSE_SUFFIX)]), "dense"
+    return path.with_suffix(""), "raw" if path.suffix.lower() == ".txt" else "image"
+
+
+def _read_caption(path: Path | None) -> str:
+    return path.read_text(errors="replace").strip() if path is not None else ""
+
+
 def folder_candidates(src: Path) -> Iterator[Candidate]:
-    """Images in ``src`` (recursively) with a same-named .txt caption; captions without an image too."""
+    """Images in ``src`` (recursively) with a same-named .txt raw caption and optional .dense.txt
+    dense caption (``cat.png``, ``cat.txt``, ``cat.dense.txt``); captions without an image too."""
     src = Path(src)
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: not a folder")
-    stems = {}
+    stems: dict[Path, dict[str, list[Path]]] = {}
     for path in sorted(src.rglob("*")):
         if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES + (".txt",):
-            stems.setdefault(path.with_suffix(""), []).append(path)
-    for stem, paths in sorted(stems.items()):
-        images = [p for p in paths if p.suffix.lower() != ".txt"]
-        txt = stem.with_suffix(".txt")
-        caption = txt.read_text(errors="replace").strip() if txt.is_file() else ""
-        yield Candidate(str(images[0] if images else txt), images[0] if images else None, caption)
+            stem, kind = _stem_and_kind(path)
+            stems.setdefault(stem, {}).setdefault(kind, []).append(path)
+    for _, files in sorted(stems.items()):
+        image = (files.get("image") or [None])[0]
+        raw, dense = (files.get("raw") or [None])[0], (files.get("dense") or [None])[0]
+        yield Candidate(str(image or raw or dense), image, _read_caption(raw), _read_caption(dense))
 
 
 def jsonl_candidates(jsonl: Path) -> Iterator[Candidate]:
@@ -70,8 +85,9 @@ def jsonl_candidates(jsonl: Path) -> Iterator[Candidate]:
             yield Candidate(source, None, "", "")
 
 
-def _check(candidate: Candidate) -> tuple[str | None, tuple[int, int] | None]:
-    """(reason to skip or None, (height, width))."""
+def check(candidate: Candidate) -> tuple[str | None, tuple[int, int] | None]:
+    """(reason to skip or None, (height, width)): the image exists and decodes, the raw caption is
+    not empty, the aspect ratio is within MAX_RATIO."""
     if candidate.image is None or not candidate.image.is_file():
         return "missing_image", None
     try:
@@ -85,6 +101,11 @@ def _check(candidate: Candidate) -> tuple[str | None, tuple[int, int] | None]:
     if max(height / width, width / height) > MAX_RATIO:
         return "aspect_ratio", None
     return None, (height, width)
+
+
+def stored_path(image: Path) -> str:
+    """Where an image lives inside a dataset: ``images/<sha256 of its bytes>.<ext>``."""
+    return f"{IMAGES}/{hashlib.sha256(Path(image).read_bytes()).hexdigest()[:32]}{Path(image).suffix.lower()}"
 
 
 def import_candidates(candidates: Iterable[Candidate], out_dir: Path, *, quality: str = "high") -> dict:
@@ -102,13 +123,12 @@ def import_candidates(candidates: Iterable[Candidate], out_dir: Path, *, quality
     skipped: Counter[str] = Counter()
     bad, imported, already = [], 0, 0
     for cand in candidates:
-        reason, size = _check(cand)
+        reason, size = check(cand)
         if reason is not None:
             skipped[reason] += 1
             bad.append({"source": cand.source, "reason": reason})
             continue
-        data = cand.image.read_bytes()
-        rel = f"{IMAGES}/{hashlib.sha256(data).hexdigest()[:32]}{cand.image.suffix.lower()}"
+        rel = stored_path(cand.image)
         if rel in present:
             already += 1
             continue
@@ -129,7 +149,7 @@ def import_candidates(candidates: Iterable[Candidate], out_dir: Path, *, quality
 
 
 def import_folder(src: Path, out_dir: Path, *, quality: str = "high") -> dict:
-    """Import a folder of images with same-named .txt captions; see ``import_candidates``."""
+    """Import a folder of images with same-named .txt (and .dense.txt) captions; see ``import_candidates``."""
     return import_candidates(folder_candidates(src), out_dir, quality=quality)
 
 
