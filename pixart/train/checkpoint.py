@@ -37,6 +37,10 @@ def run_key(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+class ResumeError(RuntimeError):
+    """The last checkpoint cannot be resumed by this run; the message says why and what to do."""
+
+
 class ResumableState:
     def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
@@ -56,7 +60,7 @@ class ResumableState:
                       metadata={"updates": str(ema.updates), "decay": str(ema.decay)})
         distributed.barrier()
         if distributed.is_main():
-            atomic.write_json(self.pointer, {"tag": tag, "step": step})
+            atomic.write_json(self.pointer, {"tag": tag, "step": step, "world_size": distributed.world_size()})
             tags = sorted(p.name for p in self.dir.glob("step-*") if p.is_dir())
             for old in tags[:-KEEP]:
                 shutil.rmtree(self.dir / old, ignore_errors=True)
@@ -69,6 +73,12 @@ class ResumableState:
         if latest is None:
             return None
         tag, _ = latest
+        saved_world = json.loads(self.pointer.read_text()).get("world_size", 1)
+        if saved_world != distributed.world_size():
+            # ZeRO partitions the optimizer states by rank: another world size would misread them
+            raise ResumeError(f"{self.pointer}: the checkpoint {tag} was saved by {saved_world} processes, this run "
+                              f"has {distributed.world_size()}; run on {saved_world}, or delete {self.dir} to restart "
+                              "the stage from its weak input")
         _, client = engine.load_checkpoint(str(self.dir), tag=tag, load_optimizer_states=True,
                                            load_lr_scheduler_states=True)
         shadow = load_file(self.dir / tag / "ema.safetensors")
