@@ -40,8 +40,10 @@ def load_transformer(job: StageJob, components: Components) -> PixArtSigmaTransf
         model = PixArtSigmaTransformer.from_pretrained(job.weak_input / "transformer")
     elif stage.pretrained is not None:
         from pixart.models.convert import official_transformer
+        from pixart.settings import get_settings
 
-        model, _ = official_transformer(stage.pretrained, spec, sample_size=side, interpolation_scale=scale)
+        pretrained = get_settings().path(stage.pretrained)  # relative to the project, wherever the process runs
+        model, _ = official_transformer(pretrained, spec, sample_size=side, interpolation_scale=scale)
     else:
         model = build_transformer(spec, sample_size=side, interpolation_scale=scale)
     set_resolution(model, side, scale)
