@@ -4,7 +4,8 @@ A task runs its stage with ``dvc repro --single-item <stage>`` (see flows/dvc_st
 one definition of each stage, and DVC's own rule skips what is unchanged). Retries re-run the same
 command; a training stage then resumes from its last resumable checkpoint, which lives outside the
 outs DVC deletes and is keyed by the run's identity. Each stage has its own timeout (params.yaml
-``timeout_min``; data stages: ``data_timeout_min``).
+``timeout_min``, none when unset, as for xl's days-long stages; data stages: ``data_timeout_min``);
+the flow logs which.
 
 A stage runs in this process's machine (``execution="local"``) or as its own flow run of the
 ``curriculum-stage/stage-gpu`` deployment on a GPU work pool (``execution="deployment"``), with
@@ -44,21 +45,22 @@ QUEUE_SLACK_S = 1800
 
 
 @task(cache_policy=NO_CACHE)
-def local_stage(stage: str, timeout_min: int) -> Outcome:
+def local_stage(stage: str, timeout_min: int | None) -> Outcome:
     """Run the stage here; DVC skips it when unchanged."""
     # PIXART_PARENT_RUN_ID (set by curriculum_run) reaches the stage through the inherited env.
-    return repro(get_settings().root, stage, timeout_s=timeout_min * 60, log=get_run_logger().info)
+    return repro(get_settings().root, stage, timeout_s=timeout_min * 60 if timeout_min else None,
+                 log=get_run_logger().info)
 
 
 @task(cache_policy=NO_CACHE)
-def deployed_stage(stage: str, profile: str, timeout_min: int, num_gpus: int | None, parent_run_id: str) -> str:
+def deployed_stage(stage: str, profile: str, timeout_min: int | None, num_gpus: int | None, parent_run_id: str) -> str:
     """Run the stage as a flow run of the GPU deployment and wait for it."""
     run = run_deployment(
         DEPLOYMENT,
         parameters={"stage": stage, "profile": profile, "timeout_min": timeout_min,
                     "parent_run_id": parent_run_id, "num_gpus": num_gpus},
         job_variables=job_variables(num_gpus),
-        timeout=timeout_min * 60 + QUEUE_SLACK_S,
+        timeout=timeout_min * 60 + QUEUE_SLACK_S if timeout_min else None,
     )
     state = run.state
     if state is None or not state.is_final():
@@ -75,7 +77,7 @@ def curriculum(
     execution: Literal["local", "deployment"] = "local",
     retries: int = 2,
     retry_delay_s: int = 10,
-    data_timeout_min: int = 120,
+    data_timeout_min: int | None = 120,
     promote_champion: bool = True,
     require_approval: bool = False,
     approval_timeout_min: int = 24 * 60,
@@ -100,6 +102,8 @@ def curriculum(
             for name in plan.stages:
                 config = params.stages.get(name)
                 timeout_min = config.timeout_min if config else data_timeout_min
+                logger.info("%s: timeout %s", name, f"{timeout_min} min (params.yaml timeout_min)" if timeout_min
+                            else "none (params.yaml timeout_min unset: the stage runs until it ends)")
                 options = {"name": name, "task_run_name": name, "retries": retries,
                            "retry_delay_seconds": retry_delay_s}
                 if execution == "local":

@@ -53,11 +53,11 @@ def _stop_group(proc: subprocess.Popen, grace_s: float) -> None:
         pass
 
 
-def run_logged(cmd: list[str], root: Path, timeout_s: float, log: Callable[[str], None],
+def run_logged(cmd: list[str], root: Path, timeout_s: float | None, log: Callable[[str], None],
                env: Mapping[str, str] | None = None, grace_s: float = GRACE_S) -> str:
     """Run ``cmd`` in ``root`` (environment ``env``, default this process's) in its own session,
-    stream each output line to ``log``, stop the whole group after ``timeout_s``; return the output,
-    raise on a non-zero exit."""
+    stream each output line to ``log``, stop the whole group after ``timeout_s`` (None: never); return
+    the output, raise on a non-zero exit."""
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     fired = threading.Event()
@@ -66,8 +66,9 @@ def run_logged(cmd: list[str], root: Path, timeout_s: float, log: Callable[[str]
         fired.set()
         _stop_group(proc, grace_s)
 
-    timer = threading.Timer(timeout_s, on_timeout)
-    timer.start()
+    timer = threading.Timer(timeout_s, on_timeout) if timeout_s is not None else None
+    if timer is not None:
+        timer.start()
     lines: list[str] = []
     try:
         assert proc.stdout is not None
@@ -79,7 +80,8 @@ def run_logged(cmd: list[str], root: Path, timeout_s: float, log: Callable[[str]
         _stop_group(proc, grace_s)
         raise
     finally:
-        timer.cancel()
+        if timer is not None:
+            timer.cancel()
     output = "".join(lines)
     if fired.is_set():
         raise StageTimeout(f"{' '.join(cmd[2:])}: stopped after its timeout of {timeout_s:.0f} s")
@@ -88,7 +90,7 @@ def run_logged(cmd: list[str], root: Path, timeout_s: float, log: Callable[[str]
     return output
 
 
-def repro(root: Path, stage: str, *, timeout_s: float, pull: bool = False,
+def repro(root: Path, stage: str, *, timeout_s: float | None, pull: bool = False,
           log: Callable[[str], None] = print, env: Mapping[str, str] | None = None) -> Outcome:
     """``dvc repro --single-item stage`` in ``root``; "skipped" when DVC found it unchanged.
 
@@ -110,7 +112,7 @@ def default_remote(root: Path) -> str | None:
         return repo.config["core"].get("remote")
 
 
-def push(root: Path, stage: str, *, timeout_s: float, log: Callable[[str], None] = print) -> None:
+def push(root: Path, stage: str, *, timeout_s: float | None, log: Callable[[str], None] = print) -> None:
     """``dvc push`` the stage's outs, so the next stage's machine can pull them."""
     if default_remote(root) is None:
         raise RuntimeError(

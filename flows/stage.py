@@ -39,13 +39,13 @@ def job_variables(num_gpus: int | None) -> dict[str, int]:
 
 
 @flow(name=FLOW_NAME)
-def curriculum_stage(stage: str, profile: str, timeout_min: int, parent_run_id: str,
+def curriculum_stage(stage: str, profile: str, timeout_min: int | None, parent_run_id: str,
                      num_gpus: int | None = None) -> Outcome:
     """``dvc repro --single-item --pull <stage>`` then ``dvc push <stage>`` on this machine."""
     root = get_settings().root
     active_profile(root, profile)
     log = get_run_logger().info
-    outcome = repro(root, stage, timeout_s=timeout_min * 60, pull=True, log=log,
-                    env=launcher_env(num_gpus, parent_run_id))
-    push(root, stage, timeout_s=timeout_min * 60, log=log)
+    timeout_s = timeout_min * 60 if timeout_min else None
+    outcome = repro(root, stage, timeout_s=timeout_s, pull=True, log=log, env=launcher_env(num_gpus, parent_run_id))
+    push(root, stage, timeout_s=timeout_s, log=log)
     return outcome

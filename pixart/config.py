@@ -196,7 +196,9 @@ class StageConfig(_Strict):
     multi_aspect: bool = Field(False, description="Aspect-ratio buckets instead of square crops.")
     quality: Literal["all", "high"] = Field("all", description="'high' trains on the aesthetic tier only.")
     num_gpus: int = Field(1, ge=1, description="Processes (GPUs) that train the stage; >1 starts a launcher.")
-    timeout_min: int = Field(60, gt=0)
+    timeout_min: int | None = Field(
+        None, gt=0, description="Wall-clock limit of one attempt of the stage in the Prefect flow; null = none "
+        "(an xl stage trains for days; a killed attempt resumes from its last checkpoint).")
     images: int | None = Field(None, gt=0, description="Images this stage trains on (the first of its "
                                "selection); null = all. xl: the paper's count.")
     gpu_days: float | None = Field(None, description="Paper's compute for this stage (reference).")
