@@ -2,8 +2,14 @@
 
 One feature set per distinct (VAE, resolution, caption kind, max tokens, buckets, quality), named
 after the first stage that needs it. Each set is content-keyed: an unchanged set is not recomputed,
-so this stage re-runs cheaply whenever any stage's params change.
+so this stage re-runs cheaply whenever any stage's params change. The key names the component
+folders by their memoised content hashes (``pixart.hashing``), not by rereading their weights.
+
+``torchrun --nproc_per_node N -m stages.features`` splits every set's shards over N processes, one
+GPU each; the result is the same as one process's.
 """
+
+import os
 
 import torch
 
@@ -11,20 +17,42 @@ from pixart import atomic
 from pixart.data.buckets import aspect_ratio_buckets
 from pixart.data.features import build_feature_cache
 from pixart.data.null_caption import save_null_caption
-from pixart.models.builders import build_text_encoder, build_vae, load_tokenizer, null_caption_embedding
+from pixart.hashing import folder_hash
+from pixart.models.builders import (
+    build_text_encoder,
+    build_vae,
+    load_tokenizer,
+    null_caption_embedding,
+    precision_dtype,
+)
+from pixart.models.pipeline import run_device
 from pixart.paths import feature_set
+from pixart.train import distributed
 from pixart.train.components import Components
 from stages.common import parse
+
+
+def join_launcher() -> int:
+    """This process's rank: under a launcher it joins the process group (gloo on CPU, NCCL on its
+    GPU); alone it is a world of one, without a group."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0
+    if run_device().type == "cuda":  # before NCCL starts: its barriers run on the current device
+        torch.cuda.set_device(run_device())
+    return distributed.init()[0]
 
 
 def main() -> None:
     ctx = parse(__doc__)
     profile, paths = ctx.profile, ctx.paths
-    text_encoder = build_text_encoder(paths.text_encoder / "text_encoder").eval()
-    tokenizer = load_tokenizer(paths.text_encoder / "tokenizer")
+    rank, device = join_launcher(), run_device()
+    encoder_dir, tokenizer_dir = paths.text_encoder / "text_encoder", paths.text_encoder / "tokenizer"
+    text_encoder = build_text_encoder(encoder_dir, device=device, dtype=precision_dtype(profile.train.precision))
+    tokenizer = load_tokenizer(tokenizer_dir)
+    text_identity = {"text_encoder": folder_hash(encoder_dir), "tokenizer": folder_hash(tokenizer_dir)}
     vaes: dict[str, torch.nn.Module] = {}
     for name, stage in profile.stages.items():
-        if stage.kind == "import":
+        if stage.kind == "import" and rank == 0:
             atomic.write_json(paths.features(name) / "import.json",
                               {"stage": name, "kind": "import", "features": None, "pretrained": str(stage.pretrained)})
     sets = {feature_set(profile, name) for name, s in profile.stages.items() if s.kind != "import"}
@@ -32,16 +60,19 @@ def main() -> None:
         stage = profile.stages[name]
         components = Components.for_stage(stage, paths)
         if stage.vae not in vaes:
-            vaes[stage.vae] = build_vae(components.vae).eval()
+            # fp32 in every profile: SDXL's VAE is unstable in half precision
+            vaes[stage.vae] = build_vae(components.vae).to(device).eval()
         pixels = profile.pixels(stage)
         buckets = aspect_ratio_buckets(pixels, profile.bucket_quantum_px) if stage.multi_aspect else None
         out = build_feature_cache(
             paths.train_dataset(profile), paths.features(name), vae=vaes[stage.vae], text_encoder=text_encoder,
             tokenizer=tokenizer, resolution_px=pixels, caption_kind=stage.caption, max_tokens=stage.max_tokens,
             buckets=buckets, quality="high" if stage.quality == "high" else None, limit=stage.images,
+            identity={**text_identity, "vae": folder_hash(components.vae)},
         )
-        save_null_caption(out, *null_caption_embedding(text_encoder, tokenizer, stage.max_tokens))
-        print(f"features: {name} ({pixels} px, {stage.caption}, {stage.max_tokens} tokens) -> {out}")
+        if rank == 0:
+            save_null_caption(out, *null_caption_embedding(text_encoder, tokenizer, stage.max_tokens))
+            print(f"features: {name} ({pixels} px, {stage.caption}, {stage.max_tokens} tokens) -> {out}")
 
 
 if __name__ == "__main__":

@@ -127,3 +127,96 @@ def test_a_cache_of_an_older_format_is_refused_by_name_and_rebuilt(parts, tmp_pa
     rebuilt = build_feature_cache(root / "data", old, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                   resolution_px=16, caption_kind="dense", max_tokens=120, batch_size=8)
     assert FeatureCache(rebuilt).latent_range() == FeatureCache(cache).latent_range()
+
+
+def _counting(monkeypatch, module, name: str, fail_after: int | None = None) -> list[int]:
+    """Count the calls of ``module.name``; with ``fail_after``, the call after that many dies."""
+    calls, real = [], getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        if fail_after is not None and len(calls) == fail_after:
+            raise KeyboardInterrupt("killed")
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return calls
+
+
+def test_a_killed_build_resumes_and_encodes_only_the_missing_shards(parts, tmp_path, monkeypatch):
+    from pixart.data import features
+
+    root, vae, text_encoder, tokenizer = parts
+    kwargs = {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "resolution_px": 16,
+              "caption_kind": "dense", "max_tokens": 120, "batch_size": 5}  # 24 images: 5 shards
+    straight = build_feature_cache(root / "data", tmp_path / "straight", **kwargs)
+    shards = len(FeatureCache(straight).shards)
+    assert shards == 5
+
+    with monkeypatch.context() as patch:
+        _counting(patch, features, "_encode_shard", fail_after=2)
+        with pytest.raises(KeyboardInterrupt):
+            build_feature_cache(root / "data", tmp_path / "killed", **kwargs)
+    assert not (tmp_path / "killed").exists()
+    (partial,) = tmp_path.glob(".partial-killed-*")
+    assert sorted(p.name for p in partial.glob("shard-*")) == ["shard-00000.safetensors", "shard-00001.safetensors"]
+
+    calls = _counting(monkeypatch, features, "_encode_shard")
+    resumed = build_feature_cache(root / "data", tmp_path / "killed", **kwargs)
+    assert len(calls) == shards - 2
+    assert _bytes(resumed) == _bytes(straight)
+    assert not list(tmp_path.glob(".partial-*"))
+
+
+def _bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_identity_stands_for_the_weights_and_the_text_encoders_dtype_enters_the_key(parts, tmp_path, monkeypatch):
+    from pixart.data import features
+
+    root, vae, text_encoder, tokenizer = parts
+    kwargs = {"vae": vae, "tokenizer": tokenizer, "resolution_px": 16, "caption_kind": "dense", "max_tokens": 120,
+              "batch_size": 8, "identity": {"vae": "v", "text_encoder": "t", "tokenizer": "k"}}
+    _counting(monkeypatch, features, "weights_hash", fail_after=0)  # given hashes: no weight is read
+    fp32 = FeatureCache(build_feature_cache(root / "data", tmp_path / "fp32", text_encoder=text_encoder, **kwargs))
+    bf16_encoder = T5EncoderModel(text_encoder.config).eval()
+    bf16_encoder.load_state_dict(text_encoder.state_dict())
+    bf16 = FeatureCache(build_feature_cache(root / "data", tmp_path / "bf16", text_encoder=bf16_encoder.bfloat16(),
+                                            **kwargs))
+    assert fp32.components["vae"] == "v" and fp32.components["text_encoder"] == "t"
+    assert fp32.key != bf16.key
+    assert bf16[0]["text"].dtype == torch.float32  # stored in fp32 whatever the encoder ran in
+    torch.testing.assert_close(bf16[0]["text"], fp32[0]["text"], rtol=0.05, atol=0.05)
+    assert not torch.equal(bf16[0]["text"], fp32[0]["text"])
+    torch.testing.assert_close(bf16[0]["latent_mean"], fp32[0]["latent_mean"], rtol=0, atol=0)
+
+
+def test_folder_hash_reads_a_file_again_only_when_it_changes(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from pixart import hashing
+
+    folder, memo = tmp_path / "vae", tmp_path / "memo"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text('{"a": 1}')
+    (folder / "sub" / "weights.safetensors").write_bytes(b"\0" * 1000)
+    listing = sorted(folder.rglob("*"))
+
+    reads = _counting(monkeypatch, hashing, "_file_sha256")
+    first = hashing.folder_hash(folder, memo_dir=memo)
+    assert len(reads) == 2
+    assert hashing.folder_hash(folder, memo_dir=memo) == first and len(reads) == 2  # stats only
+    assert sorted(folder.rglob("*")) == listing  # the memo lives outside the folder (a DVC output)
+
+    stat = (folder / "sub" / "weights.safetensors").stat()
+    (folder / "sub" / "weights.safetensors").write_bytes(b"\1" + b"\0" * 999)  # same size
+    os.utime(folder / "sub" / "weights.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    changed = hashing.folder_hash(folder, memo_dir=memo)
+    assert changed != first and len(reads) == 3
+
+    shutil.copytree(folder, tmp_path / "copy")  # equal contents elsewhere: the same hash
+    assert hashing.folder_hash(tmp_path / "copy", memo_dir=memo) == changed and len(reads) == 5
+    (folder / "extra.txt").write_text("x")
+    assert hashing.folder_hash(folder, memo_dir=memo) != changed and len(reads) == 6

@@ -88,19 +88,30 @@ def generate(
     height: int | None = typer.Option(None, help="Image height in px (default: the model's sample size)."),
     width: int | None = typer.Option(None, help="Image width in px (default: the model's sample size)."),
     out: Path = typer.Option(..., help="PNG file to write."),
+    precision: str = typer.Option(
+        "fp32", help="fp32 | bf16: text encoder and transformer dtype (bf16 halves T5-XXL); the VAE stays fp32."
+    ),
 ) -> None:
-    """Render one image from a saved pipeline (a DMD checkpoint: in one step, --steps/--cfg unused)."""
+    """Render one image from a saved pipeline (a DMD checkpoint: in one step, --steps/--cfg unused),
+    on the settings' device (PIXART_DEVICE)."""
     import os
 
     from pixart.diffusion.one_step import one_step_t_gen, sample_one_step
     from pixart.diffusion.sampling import sample
+    from pixart.models.builders import precision_dtype
+    from pixart.models.pipeline import load_pipeline
 
+    try:
+        precision_dtype(precision)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--precision") from None
+    pipeline = load_pipeline(model, precision=precision)
     t_gen = one_step_t_gen(model)
     if t_gen is None:
-        image = sample(model, [prompt], steps=steps, cfg=cfg, seed=seed, height=height, width=width)[0]
+        image = sample(pipeline, [prompt], steps=steps, cfg=cfg, seed=seed, height=height, width=width)[0]
     else:
         typer.echo(f"one-step generator (DMD, t={t_gen})")
-        image = sample_one_step(model, [prompt], t_gen=t_gen, seed=seed, height=height, width=width)[0]
+        image = sample_one_step(pipeline, [prompt], t_gen=t_gen, seed=seed, height=height, width=width)[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
     image.save(tmp, format="PNG")

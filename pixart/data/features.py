@@ -8,7 +8,8 @@ max tokens, quality filter): the same key is never recomputed, a different one a
 folder is a sound DVC stage output. Latents are stored unscaled as ``latent_dist.mean`` and
 ``.std``, so the trainer samples a fresh latent per step and applies the VAE's scaling factor.
 Text features are stored trimmed to the shard's longest real token count, not padded to
-``max_tokens``; the loader pads them back.
+``max_tokens``; the loader pads them back. Shards are independent, so ranks encode disjoint ones and
+a killed build keeps what it finished (``build_feature_cache``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -124,10 +127,15 @@ def build_feature_cache(
     ``limit`` of what remains (the paper's high-resolution stages use fewer images). ``identity`` names what
     the hashes cannot see or what is too costly to hash (e.g. ``{"vae": "<known hash>"}``): a
     given ``vae`` / ``text_encoder`` / ``tokenizer`` entry replaces that computed hash, and every
-    entry enters the key.
-    """
-    from pixart.models.builders import encode_captions
+    entry enters the key, as do the two models' dtypes.
 
+    Shards are written one by one into a work folder beside ``out_dir`` named after the key
+    (``.partial-<name>-<key[:12]>``), and shards already there are not encoded again: a killed build
+    resumes shard by shard. Under a ``torch.distributed`` process group, rank r encodes the shards
+    n with n % world == r; when every rank is done, rank 0 writes the index, with the latent range
+    merged from the ranges each shard carries, and moves the cache into place. Every rank returns
+    once it is there; its bytes are the same for any number of processes.
+    """
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     if caption_kind not in ("raw", "dense"):
         raise ValueError(f"caption_kind: '{caption_kind}' is not 'raw' or 'dense'")
@@ -140,6 +148,8 @@ def build_feature_cache(
         "vae": identity.pop("vae", None) or weights_hash(vae),
         "text_encoder": identity.pop("text_encoder", None) or weights_hash(text_encoder),
         "tokenizer": identity.pop("tokenizer", None) or tokenizer_hash(tokenizer),
+        # a folder hash cannot see that T5 ran in bf16: its features differ from fp32's
+        "dtypes": {"vae": str(vae.dtype), "text_encoder": str(text_encoder.dtype)},
         "resolution_px": resolution_px,
         "buckets": None if buckets is None else sorted([r, list(hw)] for r, hw in buckets.items()),
         "caption_kind": caption_kind,
@@ -155,6 +165,33 @@ def build_feature_cache(
         return out_dir
 
     entries = load_dataset(dataset_dir)
+    batches = _batches(dataset_dir, entries, resolution_px, buckets, caption_kind, quality, limit, batch_size)
+    shards = [f"shard-{n:05d}.safetensors" for n in range(len(batches))]
+    partial = out_dir.parent / f".partial-{out_dir.name}-{key[:12]}"
+    partial.mkdir(parents=True, exist_ok=True)
+    rank, world = _rank_and_world()
+    todo = [n for n in range(rank, len(batches), world) if not (partial / shards[n]).is_file()]
+    if rank == 0:
+        log.info("building feature cache %s: %d shards, %d done, %d process(es)", out_dir, len(batches),
+                 sum((partial / name).is_file() for name in shards), world)
+    with torch.inference_mode():
+        for n in tqdm(todo, desc=f"feature cache {out_dir.name}", leave=False, disable=rank != 0):
+            (_, height, width), batch = batches[n]
+            pixels = torch.stack([load_pixels(dataset_dir / entries[i].path, height, width) for i in batch])
+            captions = [entries[i].caption(caption_kind) for i in batch]
+            tensors, metadata = _encode_shard(vae, text_encoder, tokenizer, pixels, captions, max_tokens)
+            _write_shard(partial / shards[n], tensors, metadata)
+    _barrier()
+    if rank == 0:
+        _publish(partial, out_dir, _index(key, components, batches, [partial / name for name in shards]))
+    _barrier()
+    return out_dir
+
+
+def _batches(dataset_dir: Path, entries: Sequence[Entry], resolution_px: int, buckets: Buckets | None,
+             caption_kind: CaptionKind, quality: str | None, limit: int | None,
+             batch_size: int) -> list[tuple[tuple[float, int, int], list[int]]]:
+    """The encoding batches, one per shard: ((ratio, height, width), entry indices), in shard order."""
     selected = [i for i, e in enumerate(entries) if quality is None or e.quality == quality][:limit]
     if not selected:
         raise DatasetError(f"{dataset_dir}: no entries with quality={quality!r}")
@@ -163,40 +200,87 @@ def build_feature_cache(
         if not entries[i].caption(caption_kind).strip():
             raise DatasetError(f"{dataset_dir}: entry {i} ({entries[i].path}) has no {caption_kind} caption")
         groups.setdefault(target_size(entries[i], resolution_px, buckets), []).append(i)
-    batches = [
-        (size, items[s:s + batch_size]) for size, items in sorted(groups.items()) for s in range(0, len(items), batch_size)
-    ]
+    return [(size, items[s:s + batch_size]) for size, items in sorted(groups.items())
+            for s in range(0, len(items), batch_size)]
 
-    log.info("building feature cache %s: %d items, %d shards", out_dir, len(selected), len(batches))
-    shards, items = [], []
-    low = high = None
-    with atomic.folder(out_dir) as tmp, torch.inference_mode():
-        for n, ((ratio, height, width), batch) in enumerate(tqdm(batches, desc="feature cache", leave=False)):
-            pixels = torch.stack([load_pixels(dataset_dir / entries[i].path, height, width) for i in batch])
-            dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-            captions = [entries[i].caption(caption_kind) for i in batch]
-            text, mask = encode_captions(text_encoder, tokenizer, captions, max_tokens, pad_to_max=False)
-            name = f"shard-{n:05d}.safetensors"
-            save_file(
-                {
-                    "latent_mean": dist.mean.float().cpu().contiguous(),
-                    "latent_std": dist.std.float().cpu().contiguous(),
-                    "text": text.float().cpu().contiguous(),
-                    "mask": mask.to(torch.int8).cpu().contiguous(),
-                },
-                tmp / name,
-            )
-            mean = dist.mean.float().cpu()
-            low = torch.minimum(low, mean.amin(dim=(0, 2, 3))) if low is not None else mean.amin(dim=(0, 2, 3))
-            high = torch.maximum(high, mean.amax(dim=(0, 2, 3))) if high is not None else mean.amax(dim=(0, 2, 3))
-            shards.append(name)
-            items.extend(
-                {"index": i, "shard": n, "row": row, "ratio": ratio, "height": height, "width": width}
-                for row, i in enumerate(batch)
-            )
-        atomic.write_json(tmp / INDEX, {"key": key, "components": components, "shards": shards, "items": items,
-                                        "latent_range": {"low": low.tolist(), "high": high.tolist()}})
-    return out_dir
+
+def _encode_shard(vae: torch.nn.Module, text_encoder: torch.nn.Module, tokenizer: Any, pixels: torch.Tensor,
+                 captions: Sequence[str], max_tokens: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """One shard's tensors, fp32 on the CPU whatever the models' device and dtype, and its metadata:
+    the per-channel range of its latents' means, which the index merges."""
+    from pixart.models.builders import encode_captions
+
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    text, mask = encode_captions(text_encoder, tokenizer, captions, max_tokens, pad_to_max=False)
+    mean = dist.mean.float().cpu().contiguous()
+    tensors = {
+        "latent_mean": mean,
+        "latent_std": dist.std.float().cpu().contiguous(),
+        "text": text.float().cpu().contiguous(),
+        "mask": mask.to(torch.int8).cpu().contiguous(),
+    }
+    latent_range = {"low": mean.amin(dim=(0, 2, 3)).tolist(), "high": mean.amax(dim=(0, 2, 3)).tolist()}
+    # one key: safetensors writes a metadata map in a random order, and shards must be reproducible
+    return tensors, {"latent_range": json.dumps(latent_range, sort_keys=True)}
+
+
+def _write_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """A shard file exists only whole: a killed rank leaves a temp file, never a truncated shard."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _index(key: str, components: dict[str, Any], batches: Sequence[tuple[tuple[float, int, int], list[int]]],
+           shards: Sequence[Path]) -> dict[str, Any]:
+    missing = [path.name for path in shards if not path.is_file()]
+    if missing:
+        raise RuntimeError(f"{shards[0].parent}: {len(missing)} shards missing after every rank finished "
+                           f"({missing[0]}, ...)")
+    items = [{"index": i, "shard": n, "row": row, "ratio": ratio, "height": height, "width": width}
+             for n, ((ratio, height, width), batch) in enumerate(batches) for row, i in enumerate(batch)]
+    return {"key": key, "components": components, "shards": [path.name for path in shards], "items": items,
+            "latent_range": _merged_range(shards)}
+
+
+def _merged_range(shards: Sequence[Path]) -> dict[str, list[float]]:
+    """The cache's per-channel latent range from its shards' (exact: a min of mins)."""
+    ranges = []
+    for path in shards:
+        with safe_open(str(path), framework="pt") as f:
+            ranges.append(json.loads(f.metadata()["latent_range"]))
+    return {"low": [min(c) for c in zip(*(r["low"] for r in ranges), strict=True)],
+            "high": [max(c) for c in zip(*(r["high"] for r in ranges), strict=True)]}
+
+
+def _publish(partial: Path, out_dir: Path, index: dict[str, Any]) -> None:
+    """Replace ``out_dir`` by the finished shards and the index in one rename, then drop this set's
+    work folders (this key's and any an interrupted build of another key left)."""
+    with atomic.folder(out_dir) as tmp:
+        for name in index["shards"]:
+            _link_or_copy(partial / name, tmp / name)
+        atomic.write_json(tmp / INDEX, index)
+    for work in out_dir.parent.glob(f".partial-{out_dir.name}-" + "?" * 12):
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link keeps the work folder whole until the cache is in place, at no cost in disk."""
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 class FeatureCache(torch.utils.data.Dataset):

@@ -120,11 +120,28 @@ def packaged_text_encoder(package: str) -> tuple[PreTrainedModel, PreTrainedToke
     return build_text_encoder(path), load_tokenizer(path)
 
 
+def precision_dtype(precision: str) -> torch.dtype:
+    """The dtype a profile's ``train.precision`` (fp32 | bf16) runs the text encoder and the sampling
+    transformer in: T5-XXL in bf16 is the official practice, and half of its ~19 GB in fp32."""
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if precision not in dtypes:
+        raise ValueError(f"precision: '{precision}' is not one of {sorted(dtypes)}")
+    return dtypes[precision]
+
+
 def build_text_encoder(
-    path_or_spec: str | Path | ModelSpec, *, vocab_size: int | None = None, seed: int = 0
+    path_or_spec: str | Path | ModelSpec,
+    *,
+    vocab_size: int | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> PreTrainedModel:
     """The encoder of a local folder (xl: T5-XXL, tiny: MiniLM), or a seeded random tiny T5 from a
-    spec's ``text_encoder`` shape, with ``vocab_size`` = ``len(tokenizer)``."""
+    spec's ``text_encoder`` shape, with ``vocab_size`` = ``len(tokenizer)``; in ``dtype`` on ``device``
+    (default: where it was built, the CPU). A folder loads straight into ``dtype`` (T5-XXL in bf16
+    never holds its fp32 copy); a random T5 is initialised in fp32, then cast, so that its weights are
+    the fp32 ones rounded, whatever the dtype."""
     if isinstance(path_or_spec, ModelSpec):
         shape = path_or_spec.text_encoder
         if shape is None:
@@ -147,9 +164,9 @@ def build_text_encoder(
         )
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            return T5EncoderModel(config).eval()
+            return T5EncoderModel(config).eval().to(device, dtype)
     model_class, _ = text_encoder_classes(path_or_spec)
-    return getattr(transformers, model_class).from_pretrained(path_or_spec).eval()
+    return getattr(transformers, model_class).from_pretrained(path_or_spec, dtype=dtype).to(device).eval()
 
 
 def train_tokenizer(captions: Sequence[str], out_dir: str | Path, vocab_size: int) -> T5TokenizerFast:

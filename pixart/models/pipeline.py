@@ -9,6 +9,7 @@ repository names), so ``import pixart.models`` must precede ``PixArtSigmaPipelin
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pixart import atomic
 from pixart.diffusion.schedule import dpm_solver_scheduler
+from pixart.models.builders import precision_dtype
 from pixart.models.transformer import PixArtSigmaTransformer
 
 
@@ -39,15 +41,38 @@ def save_pipeline(
     return directory
 
 
-def load_pipeline(directory: str | Path, *, torch_dtype: torch.dtype | None = None) -> PixArtSigmaPipeline:
-    """Load a pipeline folder offline-capable, KV compression included. A stage folder whose
-    ``stage.json`` holds its training latents' ``latent_range`` samples with x0 kept inside it."""
+def run_device() -> torch.device:
+    """Where this process runs its models: the settings' device (``PIXART_DEVICE``, auto: cuda when
+    there is one), and under a launcher the GPU of its local rank."""
+    from pixart.settings import get_settings
+
+    if get_settings().resolved_device == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def load_pipeline(
+    directory: str | Path, *, device: str | torch.device | None = None, precision: str = "fp32",
+    text_encoder: bool = True,
+) -> PixArtSigmaPipeline:
+    """Load a pipeline folder offline-capable, KV compression included, onto ``device`` (default:
+    ``run_device()``). ``precision`` (a profile's ``train.precision``) is the dtype of the text encoder
+    and the transformer: diffusers casts the prompt features to the text encoder's dtype and draws the
+    latents in it, so the two must agree. The VAE stays fp32: SDXL's VAE is unstable in half
+    precision (in fp16 its activations overflow to NaN images; diffusers force-upcasts it), and it is
+    small. ``text_encoder`` False leaves T5 and its tokenizer out, for callers that pass cached
+    caption features (~10 GB less at xl). A stage folder whose ``stage.json`` holds its training
+    latents' ``latent_range`` samples with x0 kept inside it."""
     directory = Path(directory)
     if not (directory / "model_index.json").is_file():
         raise FileNotFoundError(f"{directory} is not a pipeline folder: no model_index.json")
-    pipeline = PixArtSigmaPipeline.from_pretrained(directory, torch_dtype=torch_dtype)
+    dtype = precision_dtype(precision)
+    without = {} if text_encoder else {"text_encoder": None, "tokenizer": None}
+    pipeline = PixArtSigmaPipeline.from_pretrained(
+        directory, dtype={"transformer": dtype, "text_encoder": dtype, "default": torch.float32}, **without
+    )
     stage_file = directory / "stage.json"
     latent_range = json.loads(stage_file.read_text()).get("latent_range") if stage_file.is_file() else None
     if latent_range is not None:
         pipeline.scheduler = dpm_solver_scheduler(latent_range)
-    return pipeline
+    return pipeline.to(device or run_device())

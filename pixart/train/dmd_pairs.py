@@ -9,7 +9,9 @@ latents at xl scale.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -20,8 +22,12 @@ from pixart import atomic
 from pixart.data.features import FeatureCache
 from pixart.data.null_caption import load_null_caption
 from pixart.models.builders import with_null_caption
+from pixart.train import distributed
 
 PAIRS_FILE = "pairs.safetensors"
+# One metadata key holding JSON: safetensors writes a metadata map in a random order, and the file must
+# be the same bytes however many processes made it.
+METADATA = "teacher_pairs"
 
 
 def latent_shape(cache: FeatureCache) -> torch.Size:
@@ -32,41 +38,88 @@ def latent_shape(cache: FeatureCache) -> torch.Size:
     return cache[0]["latent_mean"].shape
 
 
+def pair_noise(seed: int, pairs: range, shape: torch.Size) -> torch.Tensor:
+    """The initial noise of pairs ``pairs``, each drawn from its own key (seed, i): the same in
+    whichever process and batch a pair is sampled. The CPU generator keeps 32 bits of a seed; these
+    keys differ there for every pair of one file."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
+                        for i in pairs])
+
+
 @torch.no_grad()
 def make_teacher_pairs(teacher_dir: Path, features: Path, out_dir: Path, *, pairs: int, steps: int, cfg: float,
-                       seed: int = 0, batch_size: int = 16) -> Path:
+                       seed: int = 0, batch_size: int = 16, precision: str = "fp32") -> Path:
     """Write ``out_dir/pairs.safetensors``: ``pairs`` teacher samples (DPM-Solver, ``steps`` steps, CFG
     ``cfg``, negative = the null caption) for the first cache captions, cycling when there are fewer;
-    returns the file."""
+    returns the file. The teacher runs on ``run_device()`` in ``precision`` (a profile's
+    ``train.precision``).
+
+    Under a ``torch.distributed`` process group rank r samples the batches b with b % world == r and
+    rank 0 gathers them and writes the file: batches and per-pair noise do not depend on the world
+    size, so neither do the file's bytes."""
     from pixart.diffusion.schedule import use_dpm_solver
     from pixart.models.pipeline import load_pipeline
 
     cache = FeatureCache(features)
     shape = latent_shape(cache)
-    null_text, null_mask = load_null_caption(features)
-    pipeline = load_pipeline(teacher_dir)
+    null = load_null_caption(features)
+    pipeline = load_pipeline(teacher_dir, precision=precision, text_encoder=False)
     use_dpm_solver(pipeline)
     pipeline.set_progress_bar_config(disable=True)
-    index = torch.arange(pairs) % len(cache)
-    noise = torch.randn((pairs, *shape), generator=torch.Generator().manual_seed(seed))
-    latents = []
-    for start in tqdm(range(0, pairs, batch_size), desc="teacher pairs"):
-        rows = index[start:start + batch_size]
-        batch = cache.collate([cache[int(i)] for i in rows])
-        text, mask, null, null_m = with_null_caption(batch["text"], batch["mask"], null_text, null_mask)
-        latents.append(pipeline(
-            prompt=None, negative_prompt=None, prompt_embeds=text, prompt_attention_mask=mask,
-            negative_prompt_embeds=null, negative_prompt_attention_mask=null_m,
-            latents=noise[start:start + batch_size], num_inference_steps=steps, guidance_scale=cfg,
-            height=shape[-2] * pipeline.vae_scale_factor, width=shape[-1] * pipeline.vae_scale_factor,
-            use_resolution_binning=False, output_type="latent",
-        ).images.float())
-    with atomic.folder(Path(out_dir)) as tmp:
-        save_file({"noise": noise.contiguous(), "latent": torch.cat(latents).contiguous(), "index": index},
-                  tmp / PAIRS_FILE,
-                  metadata={"teacher": str(teacher_dir), "steps": str(steps), "cfg": str(cfg), "seed": str(seed),
-                            "cache_key": cache.key})
+    rank, world = _rank_and_world()
+    batches = [range(start, min(start + batch_size, pairs)) for start in range(0, pairs, batch_size)]
+    mine = {b: _teacher_latents(pipeline, cache, batches[b], _noise(pipeline, seed, batches[b], shape), null,
+                                steps=steps, cfg=cfg)
+            for b in tqdm(range(rank, len(batches), world), desc="teacher pairs", disable=rank != 0)}
+    latents = _gather(mine, world)
+    if rank == 0:
+        info = {"teacher": str(teacher_dir), "steps": steps, "cfg": cfg, "seed": seed, "precision": precision,
+                "cache_key": cache.key}
+        with atomic.folder(Path(out_dir)) as tmp:
+            save_file({"noise": _noise(pipeline, seed, range(pairs), shape).contiguous(),
+                       "latent": torch.cat([latents[b] for b in range(len(batches))]).contiguous(),
+                       "index": torch.arange(pairs) % len(cache)},
+                      tmp / PAIRS_FILE, metadata={METADATA: json.dumps(info, sort_keys=True)})
+    distributed.barrier()
     return Path(out_dir) / PAIRS_FILE
+
+
+def _noise(pipeline: Any, seed: int, pairs: range, shape: torch.Size) -> torch.Tensor:
+    """The pairs' noise as the teacher sees it, in fp32: a bf16 teacher starts from the rounded noise,
+    and the regression must pair its output with that."""
+    return pair_noise(seed, pairs, shape).to(pipeline.transformer.dtype).float()
+
+
+def _teacher_latents(pipeline: Any, cache: FeatureCache, pairs: range, noise: torch.Tensor,
+                     null: tuple[torch.Tensor, torch.Tensor], *, steps: int, cfg: float) -> torch.Tensor:
+    """The teacher's final latents (fp32, CPU) from ``noise`` for the captions of ``pairs`` (the
+    cache's rows, cycled)."""
+    batch = cache.collate([cache[i % len(cache)] for i in pairs])
+    # the pipeline moves given caption features to its device, not their masks
+    text, mask, null_text, null_mask = (t.to(pipeline.device) for t in
+                                        with_null_caption(batch["text"], batch["mask"], *null))
+    return pipeline(
+        prompt=None, negative_prompt=None, prompt_embeds=text, prompt_attention_mask=mask,
+        negative_prompt_embeds=null_text, negative_prompt_attention_mask=null_mask,
+        latents=noise.to(pipeline.device, pipeline.transformer.dtype), num_inference_steps=steps,
+        guidance_scale=cfg, height=noise.shape[-2] * pipeline.vae_scale_factor,
+        width=noise.shape[-1] * pipeline.vae_scale_factor, use_resolution_binning=False, output_type="latent",
+    ).images.float().cpu()
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _gather(mine: dict[int, torch.Tensor], world: int) -> dict[int, torch.Tensor]:
+    """Every rank's batches on rank 0; an empty dict on the others."""
+    if world == 1:
+        return mine
+    parts: list[dict[int, torch.Tensor]] | None = [{} for _ in range(world)] if distributed.is_main() else None
+    torch.distributed.gather_object(mine, parts, dst=0)
+    return {b: latent for part in parts or [] for b, latent in part.items()}
 
 
 class TeacherPairs:
@@ -77,7 +130,7 @@ class TeacherPairs:
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: missing; the teacher-pairs stage writes it")
         self._file = safe_open(str(self.path), framework="pt")
-        self.metadata = self._file.metadata()
+        self.metadata = json.loads(self._file.metadata()[METADATA])
 
     def __len__(self) -> int:
         return self._file.get_slice("index").get_shape()[0]

@@ -93,7 +93,7 @@ def export_stage(job: StageJob, transformer: PixArtSigmaTransformer, run: tracki
     write_pipeline(job.out_dir, transformer, job, info)
     if job.sample_prompts:
         grid = sample_grid(job.out_dir, job.sample_prompts, job.profile.pixels(job.stage),
-                           max_tokens=job.stage.max_tokens)
+                           max_tokens=job.stage.max_tokens, precision=job.profile.train.precision)
         grid.save(job.out_dir / GRID_FILE)
         run.log_image(grid, "samples.png", step=job.stage.steps)
     version = tracking.register_checkpoint(

@@ -25,13 +25,15 @@ def tile(images: Sequence[Image.Image], columns: int | None = None) -> Image.Ima
     return grid
 
 
-def sample_grid(pipeline_dir: Path, prompts: Sequence[str], pixels: int, *, max_tokens: int, seed: int = 0) -> Image.Image:
-    """The multi-step sampler (DPM-Solver, CFG) for a stage; the one-step sampler for a DMD generator."""
+def sample_grid(pipeline_dir: Path, prompts: Sequence[str], pixels: int, *, max_tokens: int, seed: int = 0,
+                precision: str = "fp32") -> Image.Image:
+    """The multi-step sampler (DPM-Solver, CFG) for a stage; the one-step sampler for a DMD generator.
+    It runs on ``run_device()`` in ``precision``, the profile's ``train.precision``."""
     from pixart.diffusion.one_step import one_step_t_gen, sample_one_step
     from pixart.diffusion.sampling import sample
     from pixart.models.pipeline import load_pipeline
 
-    pipeline, t_gen = load_pipeline(pipeline_dir), one_step_t_gen(pipeline_dir)
+    pipeline, t_gen = load_pipeline(pipeline_dir, precision=precision), one_step_t_gen(pipeline_dir)
     size = {"seed": seed, "height": pixels, "width": pixels, "max_tokens": max_tokens}
     images = sample(pipeline, prompts, **size) if t_gen is None else sample_one_step(pipeline, prompts, t_gen=t_gen, **size)
     return tile(images)
