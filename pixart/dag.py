@@ -61,6 +61,13 @@ def _local(path: Path | None) -> list[str]:
     return [] if path is None else [str(path)]
 
 
+def _launched(module: str, num_gpus: int) -> str:
+    """A data stage's command: on one process, or sharded over ``num_gpus`` by ``pixart launch``."""
+    if num_gpus == 1:
+        return f"{PYTHON} -m {module}"
+    return f"{PYTHON} -m pixart launch --num-gpus {num_gpus} {module}"
+
+
 def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
     data = profile.data
     sources = [data.path, getattr(data, "heldout_path", None)] if data.source != "generated" else []
@@ -93,9 +100,10 @@ def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
             "metrics": [{"metrics/vaes.json": {"cache": False}}],
         },
         "features": {
-            "cmd": f"{PYTHON} -m stages.features",
+            # encoding is sharded over the node's GPUs: as many as the widest stage trains on
+            "cmd": _launched("stages.features", max(s.num_gpus for s in profile.stages.values())),
             "deps": ["stages/features.py", "pixart/data/features.py", "pixart/data/buckets.py",
-                     "pixart/models/builders.py", "data/train", "outputs/text-encoder",
+                     "pixart/models/builders.py", "pixart/hashing.py", "data/train", "outputs/text-encoder",
                      *(f"outputs/vae-{name}" for name in profile.vaes)],
             "params": ["profile", *keys("stages"), *keys("stage_defaults"), *keys("pixel_scale"),
                        *keys("bucket_quantum_px"), *keys("train")],
@@ -108,7 +116,7 @@ def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
         features = f"features/{feature_set(profile, name)}"
         if stage.kind == "dmd":
             stages[f"{name}-pairs"] = {
-                "cmd": f"{PYTHON} -m stages.teacher_pairs {name}",
+                "cmd": _launched(f"stages.teacher_pairs {name}", stage.num_gpus),
                 "deps": ["stages/teacher_pairs.py", "pixart/train/dmd_pairs.py", "pixart/diffusion", "pixart/models",
                          features, *weak],
                 "params": stage_params,

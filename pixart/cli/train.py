@@ -1,4 +1,4 @@
-"""`pixart train STAGE`: one curriculum stage, in this process or under a multi-process launcher."""
+"""`pixart train STAGE` and `pixart launch MODULE`: a stage in this process or under a multi-process launcher."""
 
 from __future__ import annotations
 
@@ -28,29 +28,56 @@ def train(
         config = load_profile(profile)[1].stages[stage]
     except (ParamsError, KeyError) as exc:
         raise typer.BadParameter(f"stage '{stage}': {exc}") from None
-    nodes = num_nodes or settings.num_nodes
     # an import converts weights in one process; a training stage runs on its params' num_gpus
     gpus = 1 if config.kind == "import" else num_gpus or settings.num_gpus or config.num_gpus
-    launcher = launcher or settings.launcher
+    module = ["stages.train", stage, *(["--profile", profile] if profile else [])]
+    _run(launch_command(module, gpus, num_nodes or settings.num_nodes, launcher or settings.launcher), dry_run)
+
+
+def launch(
+    ctx: typer.Context,
+    module: str = typer.Argument(..., help="A stage module, e.g. stages.features; its arguments follow it."),
+    num_gpus: int = typer.Option(1, help="Processes per node (PIXART_NUM_GPUS overrides it)."),
+    num_nodes: int = typer.Option(None, help="Nodes (default: PIXART_NUM_NODES); >1 needs a hostfile."),
+    launcher: str = typer.Option(None, help="auto | none | deepspeed | torchrun (default: PIXART_LAUNCHER, auto)."),
+    dry_run: bool = typer.Option(False, help="Print the command instead of running it."),
+) -> None:
+    """Run a stage module on NUM_GPUS processes (features, teacher pairs): each rank does its share."""
+    from pixart.settings import get_settings
+
+    settings = get_settings()
+    gpus = settings.num_gpus or num_gpus
+    _run(launch_command([module, *ctx.args], gpus, num_nodes or settings.num_nodes, launcher or settings.launcher),
+         dry_run)
+
+
+def launch_command(module: list[str], gpus: int, nodes: int, launcher: str) -> list[str]:
+    """The command that runs ``python -m MODULE ARGS`` on ``gpus`` processes per node of ``nodes``:
+    in this process's interpreter alone, or under torchrun / the deepspeed launcher (``auto``: torchrun
+    when there is more than one process)."""
+    from pixart.settings import get_settings
+
+    settings = get_settings()
     if launcher == "auto":
         launcher = "torchrun" if gpus * nodes > 1 else "none"
-    module = ["-m", "stages.train", stage, *(["--profile", profile] if profile else [])]
     if launcher == "none":
-        cmd = [sys.executable, *module]
-    elif launcher == "deepspeed":
+        return [sys.executable, "-m", *module]
+    if launcher == "deepspeed":
         cmd = [_launcher_bin("deepspeed"), "--num_gpus", str(gpus), "--num_nodes", str(nodes),
                "--master_addr", settings.master_addr, "--master_port", str(settings.master_port)]
         if settings.hostfile:
             cmd += ["--hostfile", str(settings.hostfile)]
-        cmd += ["--module", *module[1:]]
-    elif launcher == "torchrun" and nodes == 1:
+        return [*cmd, "--module", *module]
+    if launcher == "torchrun" and nodes == 1:
         # one node: torchrun finds a free port itself, so concurrent stages on one host never collide
-        cmd = [_launcher_bin("torchrun"), "--standalone", "--nproc_per_node", str(gpus), *module]
-    elif launcher == "torchrun":
-        cmd = [_launcher_bin("torchrun"), "--nproc_per_node", str(gpus), "--nnodes", str(nodes),
-               "--master_addr", settings.master_addr, "--master_port", str(settings.master_port), *module]
-    else:
-        raise typer.BadParameter(f"launcher: '{launcher}' is not none, deepspeed or torchrun")
+        return [_launcher_bin("torchrun"), "--standalone", "--nproc_per_node", str(gpus), "-m", *module]
+    if launcher == "torchrun":
+        return [_launcher_bin("torchrun"), "--nproc_per_node", str(gpus), "--nnodes", str(nodes),
+                "--master_addr", settings.master_addr, "--master_port", str(settings.master_port), "-m", *module]
+    raise typer.BadParameter(f"launcher: '{launcher}' is not auto, none, deepspeed or torchrun")
+
+
+def _run(cmd: list[str], dry_run: bool) -> None:
     typer.echo(shlex.join(cmd))
     if not dry_run:
         raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
@@ -64,3 +91,4 @@ def _launcher_bin(name: str) -> str:
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
+    app.command("launch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(launch)
