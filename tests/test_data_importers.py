@@ -7,13 +7,11 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
-import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from pixart.data.format import dataset_version, load_dataset
 from pixart.data.importers import import_folder, import_jsonl
-
-EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+from tests.helpers_data import emoji_codepoints, require_emoji_font, write_emoji
 
 
 def _image(path: Path, size: tuple[int, int], color: tuple[int, int, int]) -> None:
@@ -76,23 +74,13 @@ def test_reimport_is_idempotent_and_appending_loses_nothing(tmp_path):
     assert entries[:4] == before
 
 
-@pytest.mark.skipif(not EMOJI_FONT.is_file(), reason=f"{EMOJI_FONT} absent: apt-get install fonts-noto-color-emoji")
 def test_import_noto_color_emoji_with_unicode_names(tmp_path):
-    from fontTools.ttLib import TTFont
-
-    font = ImageFont.truetype(str(EMOJI_FONT), 109)  # the only size of its bitmap strikes
+    require_emoji_font()
     src = tmp_path / "emoji"
-    src.mkdir()
     # Single-code-point emoji: symbols (So) and those newer than this Python's Unicode tables (Cn),
     # which have no name: their empty captions are real bad entries the importer must skip.
-    codepoints = [cp for cp in TTFont(str(EMOJI_FONT), lazy=True).getBestCmap()
-                  if unicodedata.category(chr(cp)) in ("So", "Cn")]
-    for cp in codepoints:
-        left, top, right, bottom = font.getbbox(chr(cp))
-        img = Image.new("RGB", (right - left + 8, bottom - top + 8), (255, 255, 255))
-        ImageDraw.Draw(img).text((4 - left, 4 - top), chr(cp), font=font, embedded_color=True)
-        img.save(src / f"u{cp:05x}.png")
-        (src / f"u{cp:05x}.txt").write_text(unicodedata.name(chr(cp), "").lower())
+    codepoints = emoji_codepoints()
+    write_emoji(src, codepoints)
     unnamed = sum(not unicodedata.name(chr(cp), "") for cp in codepoints)
 
     report = import_folder(src, tmp_path / "ds")
