@@ -93,6 +93,8 @@ def test_rehearsal_checkpoint_loads_in_diffusers_as_fp32(rehearsal):
     import torch
     from diffusers import PixArtSigmaPipeline
 
+    import pixart.models.transformer  # noqa: F401  (diffusers resolves our KV-compression class from it)
+
     pipe = PixArtSigmaPipeline.from_pretrained(rehearsal.root / "outputs/kv-4k", local_files_only=True)
     assert {p.dtype for p in pipe.transformer.parameters()} == {torch.float32}
     assert len(pipe.transformer.transformer_blocks) == 28
