@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pixart import tracking
 from pixart.paths import CurriculumPaths
+from pixart.secrets import mask_uri, split_credentials
 from pixart.train.samples import GRID_FILE
 
 NOT_RUN = "not run"
@@ -65,10 +66,13 @@ def pixeval_rows(stages: Sequence[str], outcomes: Mapping[str, str], metrics_dir
 
 def links_markdown(records: Sequence[StageRecord], tracking_uri: str, experiment_id: str, model: str) -> str:
     """Markdown links to each stage's MLflow run and registered version (URIs when the tracking
-    store is a file, which has no web UI)."""
-    lines = [f"# MLflow: `{model}` at `{tracking_uri}`", "", "| stage | run | version |", "|---|---|---|"]
+    store is a file, which has no web UI). The UI keeps artifacts in its database for anyone with
+    API access: credentials in ``tracking_uri`` are masked in the text and left out of the links
+    (the browser asks for them)."""
+    shown = mask_uri(tracking_uri)
+    lines = [f"# MLflow: `{model}` at `{shown}`", "", "| stage | run | version |", "|---|---|---|"]
     web = tracking_uri.startswith(("http://", "https://"))
-    base = tracking_uri.rstrip("/")
+    base = mask_uri(split_credentials(tracking_uri)[0]).rstrip("/")
     for r in records:
         if web:
             run = f"[{r.run_id[:8]}]({base}/#/experiments/{experiment_id}/runs/{r.run_id})"
@@ -77,7 +81,7 @@ def links_markdown(records: Sequence[StageRecord], tracking_uri: str, experiment
             run, version = f"`runs:/{r.run_id}`", f"`models:/{model}/{r.version}`"
         lines.append(f"| {r.stage} | {run} | {version} |")
     if not web:
-        lines += ["", f"Browse with `mlflow ui --backend-store-uri {tracking_uri}`."]
+        lines += ["", f"Browse with `mlflow ui --backend-store-uri {shown}`."]
     return "\n".join(lines)
 
 

@@ -7,6 +7,9 @@
 # The URL and endpoint go to .dvc/config (committed: every clone finds the remote). Credentials go to
 # .dvc/config.local only (git-ignored by DVC), and only when they are in the environment; without
 # them DVC asks boto3, which reads AWS_* variables, ~/.aws or an instance role at push/pull time.
+# Without PIXART_S3_ENDPOINT_URL no endpoint is committed and each client names its own in
+# AWS_ENDPOINT_URL_S3 (the compose stack's worker reaches MinIO as http://minio:9000, the host as
+# http://127.0.0.1:9000).
 # Run it in the repository root. Re-running replaces the remote.
 set -euo pipefail
 

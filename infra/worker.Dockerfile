@@ -1,5 +1,7 @@
 # The GPU Prefect worker of infra/compose.yaml: CUDA + the project, built from the repository root:
 #   docker build -f infra/worker.Dockerfile -t pixart-worker .
+# Only BuildKit (Docker's default builder since 23.0) reads worker.Dockerfile.dockerignore beside this
+# file; the legacy builder (DOCKER_BUILDKIT=0) would send .env, .dvc/config.local and data.
 # The devel image carries nvcc: DeepSpeed JIT-compiles its CUDA ops (fused optimizers, NCCL helpers)
 # on first use. CUDA_VERSION must have the major version of torch's own CUDA build.
 ARG CUDA_VERSION=12.8.1
@@ -25,6 +27,10 @@ COPY pyproject.toml README.md ./
 RUN uv pip install torch==2.13.0 \
     && uv pip install -r pyproject.toml
 COPY . .
-RUN uv pip install --no-deps -e .
+# A builder that skipped worker.Dockerfile.dockerignore fails here instead of shipping the secrets.
+RUN if [ -n "$(find . -path ./.dvc/config.local -o -name '*.env' -o -name '.env.*')" ]; then \
+        echo "secrets in the build context: build with BuildKit (worker.Dockerfile.dockerignore)" >&2; exit 1; \
+    fi \
+    && uv pip install --no-deps -e .
 
 CMD ["prefect", "worker", "start", "--pool", "gpu-compose", "--type", "process"]

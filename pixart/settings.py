@@ -1,8 +1,13 @@
 """Where things run: the runtime environment, read from ``PIXART_*`` variables and an optional ``.env``.
 
 What is trained lives in params.yaml (see ``pixart.config``); this module only says where the
-services, folders and devices are. Secrets are ``SecretStr``: they print as ``**********`` and
-``public_dict`` never exposes them, so nothing here can leak a secret into MLflow or a log.
+services, folders and devices are. The tracking URI may hold a password: it is a ``SecretURI``
+(it prints masked, ``http://***@host``), ``public_tracking_uri`` and ``public_dict`` are what may be
+shown, and an http(s) URI's credentials reach MLflow through its own variables, never inside the URI.
+
+S3 credentials are no setting: boto3 (DVC, an MLflow client writing to S3) reads ``AWS_*``,
+``~/.aws`` or an instance role, and DVC also ``.dvc/config.local`` (infra/dvc-remote.sh), so this
+process never holds them and cannot show them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pixart.secrets import SecretURI, mask_uri, split_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
 # Stage processes run offline and keep tool state inside the project, whoever starts them.
@@ -43,9 +50,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PIXART_", env_file=".env", extra="ignore")
 
     root: Path = Field(ROOT, description="Project root; relative paths below resolve against it.")
-    tracking_uri: str = Field(
-        "",
-        description="MLflow tracking URI; empty means the embedded SQLite file mlflow.db at the root.",
+    tracking_uri: SecretURI = Field(
+        SecretURI(""),
+        description="MLflow tracking URI, credentials allowed (http://user:password@host:5000); empty means "
+        "the embedded SQLite file mlflow.db at the root.",
     )
     artifact_location: str = Field(
         "", description="Artifact root for new MLflow experiments; empty means ./mlartifacts."
@@ -53,8 +61,6 @@ class Settings(BaseSettings):
     experiment: str = Field("pixart-curriculum", description="MLflow experiment of the curriculum.")
     registered_model: str = Field("pixart-sigma", description="Registered model that holds every stage.")
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, moto) for artifacts and DVC.")
-    aws_access_key_id: SecretStr | None = None
-    aws_secret_access_key: SecretStr | None = None
     data_dir: Path = Path("data")
     outputs_dir: Path = Path("outputs")
     metrics_dir: Path = Path("metrics")
@@ -75,9 +81,28 @@ class Settings(BaseSettings):
     def path(self, p: Path) -> Path:
         return p if p.is_absolute() else self.root / p
 
+    def _tracking_uri(self) -> str:
+        return self.tracking_uri.get_secret_value() or f"sqlite:///{self.root / 'mlflow.db'}"
+
     @property
     def resolved_tracking_uri(self) -> str:
-        return self.tracking_uri or f"sqlite:///{self.root / 'mlflow.db'}"
+        """The URI MLflow connects to. An http(s) URI's user and password move to this process's
+        MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, where MLflow takes basic auth from, so
+        the URI it prints (run links, its own errors) holds none. Other schemes keep theirs (a
+        database URI needs its password): show ``public_tracking_uri``."""
+        uri = self._tracking_uri()
+        if not uri.startswith(("http://", "https://")):
+            return uri
+        uri, user, password = split_credentials(uri)
+        for key, value in (("MLFLOW_TRACKING_USERNAME", user), ("MLFLOW_TRACKING_PASSWORD", password)):
+            if value is not None:
+                os.environ[key] = value
+        return uri
+
+    @property
+    def public_tracking_uri(self) -> str:
+        """The tracking URI as it may be shown: credentials masked."""
+        return mask_uri(self._tracking_uri())
 
     @property
     def resolved_artifact_location(self) -> str:
@@ -92,12 +117,12 @@ class Settings(BaseSettings):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def public_dict(self) -> dict[str, object]:
-        """All settings with secrets masked; safe to print or log."""
+        """All settings with secrets masked (credentials of any URI too); safe to print or log."""
         out: dict[str, object] = {}
         for name, value in self:
-            if isinstance(value, SecretStr):
-                value = "**********"
-            out[name] = str(value) if isinstance(value, Path) else value
+            if isinstance(value, SecretStr | Path):
+                value = str(value)
+            out[name] = mask_uri(value) if isinstance(value, str) else value
         return out
 
 

@@ -1,5 +1,6 @@
 """The scale-out stack on 127.0.0.1, as infra/compose.yaml wires it: Postgres (Debian's binaries) backs
-an `mlflow server` with basic auth and S3 artifacts on moto; DVC pushes to and pulls from the same S3."""
+an `mlflow server` with basic auth and S3 artifacts on moto, whose worker account infra/mlflow-users.py
+makes; DVC pushes to and pulls from the same S3; a Prefect server wants its auth string."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from mlflow.exceptions import MlflowException
 from servers import HOST, Server, free_port, http_ready
 from test_tracking import file_hashes, make_checkpoint
 
@@ -24,6 +26,7 @@ from pixart.settings import ROOT, Settings
 
 BIN = Path(sys.executable).parent
 ADMIN, ADMIN_PASSWORD = "admin", "pixart-admin-password"  # mlflow wants >= 12 characters
+WORKER, WORKER_PASSWORD = "pixart-worker", "pixart-worker-password"
 S3_KEY, S3_SECRET = "testing-key", "testing-secret"
 POSTGRES_USER = "pixart"
 
@@ -144,8 +147,8 @@ def mlflow_server(postgres: Server, s3: Server, tmp_path_factory: pytest.TempPat
     assert not server.alive(), f"mlflow server PID {server.pid} or a worker outlived SIGTERM"
 
 
-def _get_status(url: str, user: str | None = None, password: str | None = None) -> int:
-    request = urllib.request.Request(url)
+def _get_status(url: str, user: str | None = None, password: str | None = None, data: bytes | None = None) -> int:
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
     if user is not None:
         request.add_header("Authorization", "Basic " + b64encode(f"{user}:{password}".encode()).decode())
     try:
@@ -199,6 +202,82 @@ def test_stage_checkpoint_round_trips_through_postgres_and_s3(mlflow_server, pos
     assert rows == [("pixart-sigma", int(version))]
     assert ("aes-1024", int(version)) in aliases
     assert not (tmp_path / "client" / "mlartifacts").exists()
+
+
+def _mlflow_users(server: Server) -> subprocess.CompletedProcess[str]:
+    """infra/mlflow-users.py as the compose job runs it: as admin, against the server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIXART_", "AWS_"))} | {
+        "MLFLOW_TRACKING_URI": server.url, "MLFLOW_TRACKING_USERNAME": ADMIN,
+        "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, "PIXART_WORKER_USER": WORKER,
+        "PIXART_WORKER_PASSWORD": WORKER_PASSWORD, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run([sys.executable, ROOT / "infra/mlflow-users.py"], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_worker_account_runs_and_registers_a_stage_but_administers_nothing(mlflow_server, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+    from mlflow.server.auth.client import AuthServiceClient
+
+    for attempt in ("first", "re-run"):
+        made = _mlflow_users(mlflow_server)
+        assert made.returncode == 0, f"{attempt}:\n{made.stderr[-3000:]}"
+    monkeypatch.setattr(tracking, "_context", None)
+    monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(key, raising=False)
+    # The worker's credentials inside the URI: they reach MLflow beside it, never in what it prints.
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "")
+    uri = mlflow_server.url.replace("//", f"//{WORKER}:{WORKER_PASSWORD}@")
+    settings = Settings(root=tmp_path / "worker", tracking_uri=uri)
+    tracking.configure(settings)
+
+    source = make_checkpoint(tmp_path / "kv-1024", "kv-1024")
+    with (
+        tracking.curriculum_run("xl", {"profile": "xl"}),
+        tracking.stage_run("kv-1024", {"stage": {"steps": 1}}, data_version="d1") as run,
+    ):
+        run.log_metrics({"loss": 0.5}, step=1)
+        version = tracking.register_checkpoint(run, source, stage="kv-1024", weak_input_version=None, data_version="d1")
+    tracking.set_alias("champion", version)
+    tracking.log_version_metrics("kv-1024", {"fid": 12.5})
+    assert file_hashes(tracking.resolve_weak_input("kv-1024", tmp_path / "no-outputs")) == file_hashes(source)
+
+    client, auth = MlflowClient(settings.resolved_tracking_uri), AuthServiceClient(settings.resolved_tracking_uri)
+    for forbidden in (lambda: auth.create_user("intruder", "intruder-password"),
+                      lambda: auth.update_user_admin(WORKER, True),
+                      lambda: auth.grant_user_permission(WORKER, "registered_model", "pixart-sigma", "MANAGE"),
+                      lambda: client.delete_registered_model("pixart-sigma"),
+                      lambda: client.delete_experiment(tracking._ctx().experiment_id)):
+        with pytest.raises(MlflowException, match="403"):
+            forbidden()
+
+
+def test_prefect_server_with_an_auth_string_refuses_clients_without_it(tmp_path):
+    """The compose pair: PREFECT_SERVER_API_AUTH_STRING on the server, PREFECT_API_AUTH_STRING on the
+    worker; /api/health stays open for the healthcheck."""
+    auth = "pixart:prefect-auth-password"
+    port = free_port()
+    api = f"http://{HOST}:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
+        "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": api}
+    server = Server("prefect-server", [str(BIN / "prefect"), "server", "start"], http_ready(f"{api}/health"), port=port,
+                    env=env | {"PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_SERVER_API_HOST": HOST,
+                               "PREFECT_SERVER_API_PORT": str(port)},
+                    log_path=tmp_path / "server.log", startup_timeout=120)
+    with server:
+        user, _, password = auth.partition(":")
+        assert _get_status(f"{api}/flows/filter", data=b"{}") == 401
+        assert _get_status(f"{api}/flows/filter", user, "wrong", data=b"{}") == 401
+        assert _get_status(f"{api}/flows/filter", user, password, data=b"{}") == 200
+        pools = [str(BIN / "prefect"), "work-pool", "ls"]
+        refused = subprocess.run(pools, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert refused.returncode != 0
+        listed = subprocess.run(pools, env=env | {"PREFECT_API_AUTH_STRING": auth}, capture_output=True, text=True,
+                                timeout=120, check=False)
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert not server.alive(), f"prefect server PID {server.pid} outlived SIGTERM"
 
 
 def _dvc(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
