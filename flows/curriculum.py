@@ -1,15 +1,18 @@
 """The ``curriculum`` flow: every DVC stage of the active profile, one Prefect task each.
 
 A task runs its stage with ``dvc repro --single-item <stage>`` (see flows/dvc_stage.py for why:
-one definition of each stage, and DVC's own rule skips what is unchanged). Retries re-run the same
-command; a training stage then resumes from its last resumable checkpoint, which lives outside the
-outs DVC deletes and is keyed by the run's identity. Each stage has its own timeout (params.yaml
-``timeout_min``, none when unset, as for xl's days-long stages; data stages: ``data_timeout_min``);
-the flow logs which.
+one definition of each stage, and DVC's own rule skips what is unchanged), or in its own pod from a
+fresh clone with ``dvc repro --pull <stage>`` + ``dvc push --run-cache`` (the DVC remote's run cache
+restores what earlier pods made). Each task returns what happened to its stage: ran, restored (from
+the run cache) or skipped. Retries re-run the same command; a training stage then resumes from its
+last resumable checkpoint, which lives outside the outs DVC deletes and is keyed by the run's
+identity. Each stage has its own timeout (params.yaml ``timeout_min``, none when unset, as for xl's
+days-long stages; data stages: ``data_timeout_min``); the flow logs which.
 
 A stage runs in this process's machine (``execution="local"``) or as its own flow run of the
 ``curriculum-stage/stage-gpu`` deployment on a GPU work pool (``execution="deployment"``), with
-params.yaml's ``num_gpus``.
+params.yaml's ``num_gpus`` (a feature set's and teacher pairs' from the stages they serve,
+``pixart.dag.sharded_gpus``).
 
 The profile is params.yaml's ``profile``: a run may name it (a deployment states what it expects
 to build) but cannot switch it, see ``flows.plan.active_profile``.
@@ -37,6 +40,7 @@ from flows.promotion import ask_approval, champion_candidate, pixeval_decides, p
 from flows.stage import DEPLOYMENT, job_variables
 from pixart import tracking
 from pixart.config import load_profile
+from pixart.dag import sharded_gpus
 from pixart.paths import CurriculumPaths
 from pixart.settings import get_settings
 
@@ -54,7 +58,8 @@ def local_stage(stage: str, timeout_min: int | None) -> Outcome:
 
 @task(cache_policy=NO_CACHE)
 def deployed_stage(stage: str, profile: str, timeout_min: int | None, num_gpus: int | None, parent_run_id: str) -> str:
-    """Run the stage as a flow run of the GPU deployment and wait for it."""
+    """Run the stage as a flow run of the GPU deployment and wait for it; its outcome is the final
+    state's message (flows/stage.py)."""
     run = run_deployment(
         DEPLOYMENT,
         parameters={"stage": stage, "profile": profile, "timeout_min": timeout_min,
@@ -67,7 +72,7 @@ def deployed_stage(stage: str, profile: str, timeout_min: int | None, num_gpus: 
         raise StageTimeout(f"{stage}: flow run {run.name} not finished after {timeout_min} min + queueing")
     if not state.is_completed():
         raise StageFailed(f"{stage}: flow run {run.name} ended {state.name}: {state.message}")
-    return f"ran as {run.name}"
+    return f"{state.message} ({run.name})"
 
 
 @flow(name="curriculum")
@@ -93,6 +98,7 @@ def curriculum(
     if plan.missing:
         logger.warning("params.yaml stages without a dvc.yaml stage, not run: %s", ", ".join(plan.missing))
     tracking.configure(settings)
+    sharded = sharded_gpus(params)
 
     outcomes: dict[str, str] = {}
     run_params = {"profile": profile_name, "stages": ",".join(plan.stages), "execution": execution,
@@ -109,7 +115,7 @@ def curriculum(
                 if execution == "local":
                     outcomes[name] = local_stage.with_options(**options)(name, timeout_min)
                 else:
-                    gpus = config.num_gpus if config else None
+                    gpus = config.num_gpus if config else sharded.get(name)
                     outcomes[name] = deployed_stage.with_options(**options)(
                         name, profile_name, timeout_min, gpus, parent_run_id)
     finally:

@@ -1,12 +1,28 @@
-"""Run one DVC stage as a subprocess: ``dvc repro --single-item <stage>``, with a hard timeout.
+"""Run one DVC stage as a subprocess, with a hard timeout: on this machine, or in a fresh clone (a pod).
 
 Why ``dvc repro`` rather than calling the stage functions in-process or re-hashing inputs here:
 dvc.yaml is the one definition of each stage (its command, deps, params, outs); running the same
 command through DVC means the flow and ``dvc repro`` can never disagree on what a stage does, and
-DVC's own rule (hashes of deps and params against dvc.lock) decides "unchanged -> skipped". DVC
-also records dvc.lock and caches the outs, so a Prefect run leaves the workspace exactly as
-``dvc repro`` would. ``--single-item`` because Prefect, not DVC, walks the graph: one task per
-stage, each with its own retries, timeout and state in the UI.
+DVC's own rule (hashes of deps and params) decides what is unchanged. DVC also records dvc.lock and
+caches the outs, so a Prefect run leaves the workspace exactly as ``dvc repro`` would.
+
+Two recipes, one per kind of machine:
+
+- Here (a checkout whose dvc.lock knows the upstream stages): ``dvc repro --single-item <stage>``,
+  because Prefect, not DVC, walks the graph: one task per stage, each with its own retries, timeout
+  and state in the UI. An unchanged stage is *skipped*.
+- A pod (a fresh clone: no dvc.lock, no outputs; dvc.lock is never committed back): ``dvc repro
+  --pull <stage>``, then ``dvc push --run-cache``. The remote's run cache (one entry per stage run,
+  keyed by the hashes of its command, deps and params, naming its outs) is what tells the pod that
+  an earlier pod produced a stage: ``--pull`` fetches the entries, then DVC walks the stage's
+  upstream, and each stage whose key has an entry is *restored* (its outs pulled and checked out)
+  instead of run; a stage's key needs its deps' contents, so the walk must start at the roots
+  (``--single-item`` would re-run the stage). The stage itself then *runs*, or is restored when an
+  earlier pod ran it already, and the push sends its outs and its entry for the next pods. Measured
+  with DVC 3.67: ``dvc pull --run-cache`` in a fresh clone fails, and ``dvc fetch --run-cache``
+  followed by a plain ``dvc repro`` re-runs everything. The cost: a pod checks out every upstream
+  stage's outs. A stage DVC cannot run-cache (a ``persist`` or ``cache: false`` out) would run again
+  in every pod that walks it; pixart/dag.py renders none.
 
 The timeout lives here, not in Prefect's ``timeout_seconds``: Prefect can only abandon the Python
 call, while the stage is a process tree (dvc -> python -m pixart train -> launcher ranks). The
@@ -17,6 +33,7 @@ and DVC releases its lock), then SIGKILL after a grace period.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,8 +42,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
-Outcome = Literal["ran", "skipped"]
+Outcome = Literal["ran", "restored", "skipped"]
 GRACE_S = 30.0
+# DVC's message per outcome of a stage it walks, weakest first: a later one wins ("Pulling data": a
+# dvc.lock entry whose outs were missing)
+_MESSAGES: tuple[tuple[re.Pattern[str], Outcome], ...] = (
+    (re.compile(r"^Stage '([^']+)' didn't change, skipping$", re.MULTILINE), "skipped"),
+    (re.compile(r"^Stage '([^']+)' is cached - skipping run, checking out outputs$", re.MULTILINE), "restored"),
+    (re.compile(r"^Pulling data for stage: '([^']+)'$", re.MULTILINE), "restored"),
+    (re.compile(r"^Running stage '([^']+)':$", re.MULTILINE), "ran"),
+)
 
 
 class StageTimeout(TimeoutError):
@@ -90,18 +115,27 @@ def run_logged(cmd: list[str], root: Path, timeout_s: float | None, log: Callabl
     return output
 
 
+def outcomes(output: str) -> dict[str, Outcome]:
+    """What ``dvc repro`` did to each stage it walked, read from its output (the messages of
+    dvc/stage/run.py, dvc/stage/cache.py and dvc/stage/__init__.py): a stage that was pulled or
+    restored and then ran anyway (its outs were not all on the remote) ran."""
+    return {name: outcome for pattern, outcome in _MESSAGES for name in pattern.findall(output)}
+
+
 def repro(root: Path, stage: str, *, timeout_s: float | None, pull: bool = False,
           log: Callable[[str], None] = print, env: Mapping[str, str] | None = None) -> Outcome:
-    """``dvc repro --single-item stage`` in ``root``; "skipped" when DVC found it unchanged.
-
-    ``pull`` fetches missing deps from the DVC remote first (a fresh machine)."""
-    output = run_logged(dvc_command("repro", "--single-item", *(["--pull"] if pull else []), stage),
-                        root, timeout_s, log, env)
-    if f"Stage '{stage}' didn't change, skipping" in output:
-        return "skipped"
-    if f"Running stage '{stage}'" in output:
-        return "ran"
-    raise StageFailed(f"dvc repro {stage}: neither ran nor skipped it:\n{output[-2000:]}")
+    """The stage in ``root``: ``dvc repro --single-item stage``, or with ``pull`` the pod's ``dvc repro
+    --pull stage`` (upstream walked and restored from the remote's run cache). Returns what happened
+    to the stage; logs which upstream stages ran here, which in a pod means their entries were lost."""
+    args = ["--pull", stage] if pull else ["--single-item", stage]
+    output = run_logged(dvc_command("repro", *args), root, timeout_s, log, env)
+    walked = outcomes(output)
+    if stage not in walked:
+        raise StageFailed(f"dvc repro {stage}: neither ran, restored nor skipped it:\n{output[-2000:]}")
+    upstream_ran = [name for name, outcome in walked.items() if outcome == "ran" and name != stage]
+    if upstream_ran:
+        log(f"{stage}: upstream stages ran here too, no run-cache entry restored them: {', '.join(upstream_ran)}")
+    return walked[stage]
 
 
 def default_remote(root: Path) -> str | None:
@@ -112,11 +146,16 @@ def default_remote(root: Path) -> str | None:
         return repo.config["core"].get("remote")
 
 
-def push(root: Path, stage: str, *, timeout_s: float | None, log: Callable[[str], None] = print) -> None:
-    """``dvc push`` the stage's outs, so the next stage's machine can pull them."""
+def require_remote(root: Path) -> None:
+    """Fail before a pod's stage runs, not after, when there is nowhere to push what it makes."""
     if default_remote(root) is None:
         raise RuntimeError(
-            f"{root}: no default DVC remote; a stage run on another machine must push its outputs "
-            "(dvc remote add -d NAME URL)"
+            f"{root}: no default DVC remote; a stage run in a pod must push its outputs and run-cache entry "
+            "(infra/dvc-remote.sh)"
         )
-    run_logged(dvc_command("push", stage), root, timeout_s, log)
+
+
+def push(root: Path, *, timeout_s: float | None, log: Callable[[str], None] = print) -> None:
+    """``dvc push --run-cache``: the outs of every stage this workspace holds (the ones restored are on
+    the remote already) and the run-cache entries, so that later pods restore instead of re-running."""
+    run_logged(dvc_command("push", "--run-cache"), root, timeout_s, log)

@@ -1,7 +1,7 @@
 """Which DVC stages one curriculum run executes, and in which order.
 
 The curriculum's stages come from params.yaml (the active profile); the data stages that feed them
-(prepare-data, text-encoder, vaes, features, ...) and the ones that read them (pixeval) come from
+(prepare-data, text-encoder, vaes, features-<set>, ...) and the ones that read them (pixeval) come from
 dvc.yaml's own graph. The run order is DVC's dependency order, ties broken by dvc.yaml's order, so a
 Prefect run and ``dvc repro`` agree on what comes first.
 """

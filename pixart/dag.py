@@ -2,9 +2,17 @@
 
 A profile's stage table is the DAG: one DVC stage per row, named literally after it (the name that is
 also the MLflow alias, the Prefect task and the output folder), each depending on its weak input's
-output folder and on the params keys that define it. DVC knows nothing of ``extends`` or
-``stage_defaults``, so a stage's params are every key of the profile's ``extends`` chain that holds
-part of it. ``dvc.yaml`` is rendered for the active profile (params.yaml ``profile``): switching
+output folder and on the params keys that define it; each feature set (``pixart.paths.feature_set``)
+is a stage ``features-<set>`` of its own, on the keys that define that set only. DVC knows nothing of
+``extends`` or ``stage_defaults``, so a stage's params are every key of the profile's ``extends``
+chain that holds part of it.
+
+On a cluster every stage runs in a fresh clone and finds what earlier stages produced in DVC's run
+cache (flows/dvc_stage.py). DVC restores a stage from it only when every out is cached and none
+persists (dvc/stage/cache.py ``_can_hash``; ``dvc push`` never sends a ``cache: false`` file), so no
+out here is either: metrics are cached outs too, and no stage keeps state in its outs between runs.
+
+``dvc.yaml`` is rendered for the active profile (params.yaml ``profile``): switching
 profiles is ``pixart dag --write --profile NAME``, and a drifted or hand-edited ``dvc.yaml`` is refused
 by ``pixart dag --check`` and by every stage DVC starts. This module writes YAML; it never imports DVC.
 """
@@ -20,7 +28,7 @@ import yaml
 
 from pixart import atomic
 from pixart.config import PARAMS_FILE, ParamsError, Profile, extends_chain, load_profile, read_raw
-from pixart.paths import feature_set
+from pixart.paths import FEATURE_FIELDS, feature_set, feature_sets
 
 DVC_FILE = "dvc.yaml"
 HEADER = (
@@ -68,6 +76,35 @@ def _launched(module: str, num_gpus: int) -> str:
     return f"{PYTHON} -m pixart launch --num-gpus {num_gpus} {module}"
 
 
+def sharded_gpus(profile: Profile) -> dict[str, int]:
+    """The processes of the DVC stages that are not rows of the stage table but shard over ranks
+    (``pixart launch``): a feature set on as many as the widest stage that reads it trains on, a DMD
+    stage's teacher pairs on the stage's own. A stage's pod gets as many GPUs."""
+    gpus = {f"features-{name}": max(profile.stages[r].num_gpus for r in readers)
+            for name, readers in feature_sets(profile).items()}
+    gpus.update({f"{name}-pairs": s.num_gpus for name, s in profile.stages.items() if s.kind == "dmd"})
+    return gpus
+
+
+def _feature_stages(profile: Profile, keys: _Keys, gpus: dict[str, int]) -> dict[str, Any]:
+    """One stage per feature set, on the params of its first stage that enter its key (an lr change
+    re-encodes nothing) and the profile's keys that size its pixels and set the text encoder's dtype."""
+    stages = {}
+    for name in feature_sets(profile):
+        fields = [key for field in FEATURE_FIELDS for key in (*keys("stages", name, field),
+                                                              *keys("stage_defaults", field))]
+        stages[f"features-{name}"] = {
+            "cmd": _launched(f"stages.features {name}", gpus[f"features-{name}"]),
+            "deps": ["stages/features.py", "pixart/data/features.py", "pixart/data/buckets.py",
+                     "pixart/data/null_caption.py", "pixart/models/builders.py", "pixart/hashing.py", "data/train",
+                     "outputs/text-encoder", f"outputs/vae-{profile.stages[name].vae}"],
+            "params": ["profile", *fields, *keys("pixel_scale"), *keys("bucket_quantum_px"),
+                       *keys("train", "precision")],
+            "outs": [f"features/{name}"],
+        }
+    return stages
+
+
 def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
     data = profile.data
     sources = [data.path, getattr(data, "heldout_path", None)] if data.source != "generated" else []
@@ -82,7 +119,7 @@ def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
             "cmd": f"{PYTHON} -m stages.caption_stats",
             "deps": ["stages/caption_stats.py", "pixart/data/caption_stats.py", "data/train"],
             "params": ["profile"],
-            "metrics": [{"metrics/caption_stats.json": {"cache": False}}],
+            "metrics": ["metrics/caption_stats.json"],
         },
         "text-encoder": {
             "cmd": f"{PYTHON} -m stages.text_encoder",
@@ -97,35 +134,32 @@ def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
                      "data/train", "data/heldout", *(p for v in profile.vaes.values() for p in _local(v.path))],
             "params": ["profile", *keys("vaes"), *keys("pixel_scale"), *keys("train")],
             "outs": [f"outputs/vae-{name}" for name in profile.vaes],
-            "metrics": [{"metrics/vaes.json": {"cache": False}}],
-        },
-        "features": {
-            # encoding is sharded over the node's GPUs: as many as the widest stage trains on
-            "cmd": _launched("stages.features", max(s.num_gpus for s in profile.stages.values())),
-            "deps": ["stages/features.py", "pixart/data/features.py", "pixart/data/buckets.py",
-                     "pixart/models/builders.py", "pixart/hashing.py", "data/train", "outputs/text-encoder",
-                     *(f"outputs/vae-{name}" for name in profile.vaes)],
-            "params": ["profile", *keys("stages"), *keys("stage_defaults"), *keys("pixel_scale"),
-                       *keys("bucket_quantum_px"), *keys("train")],
-            "outs": [{"features": {"persist": True}}],
+            "metrics": ["metrics/vaes.json"],
         },
     }
+    gpus = sharded_gpus(profile)
+    stages.update(_feature_stages(profile, keys, gpus))
     for name, stage in profile.stages.items():
         stage_params = ["profile", *keys("stages", name), *keys("stage_defaults"), *keys("train"), *keys("model")]
         weak = [f"outputs/{stage.init_from}"] if stage.init_from else []
-        features = f"features/{feature_set(profile, name)}"
+        # what the stage reads besides its weak input: an import stage converts a checkpoint and exports it
+        # with the components and the data version, a training stage reads the features made from them
+        if stage.kind == "import":
+            reads = ["data/train", "outputs/text-encoder", f"outputs/vae-{stage.vae}"]
+        else:
+            reads = [f"features/{feature_set(profile, name)}"]
         if stage.kind == "dmd":
             stages[f"{name}-pairs"] = {
-                "cmd": _launched(f"stages.teacher_pairs {name}", stage.num_gpus),
+                "cmd": _launched(f"stages.teacher_pairs {name}", gpus[f"{name}-pairs"]),
                 "deps": ["stages/teacher_pairs.py", "pixart/train/dmd_pairs.py", "pixart/diffusion", "pixart/models",
-                         features, *weak],
+                         *reads, *weak],
                 "params": stage_params,
                 "outs": [f"outputs/{name}-pairs"],
             }
             weak = [*weak, f"outputs/{name}-pairs"]
         stages[name] = {
             "cmd": f"{PYTHON} -m pixart train {name}",
-            "deps": [*TRAIN_CODE, features, *weak, *_local(stage.pretrained)],
+            "deps": [*TRAIN_CODE, *reads, *weak, *_local(stage.pretrained)],
             "params": stage_params,
             "outs": [f"outputs/{name}"],
         }
@@ -136,9 +170,11 @@ def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
         "deps": ["stages/pixeval.py", "pixart/eval", "data/heldout", "data/train",
                  *(f"outputs/{name}" for name in profile.stages), *_local(pe.inception_path), *_local(pe.clip_path)],
         "params": ["profile", *keys("pixeval")],
-        "outs": [*([{"outputs/judge": {"persist": True}}] if judged else []), "metrics/pixeval"],
-        "metrics": [{"metrics/pixeval.json": {"cache": False}}, {"metrics/pixeval_trend.json": {"cache": False}}],
-        "plots": [{"metrics/pixeval_plot.csv": {"cache": False, "x": "stage"}}],
+        # the judge retrains with each PixEval (about a minute at tiny's 400 steps): a persisted one would keep
+        # pixeval out of the run cache
+        "outs": [*(["outputs/judge"] if judged else []), "metrics/pixeval"],
+        "metrics": ["metrics/pixeval.json", "metrics/pixeval_trend.json"],
+        "plots": [{"metrics/pixeval_plot.csv": {"x": "stage"}}],
     }
     return stages
 

@@ -9,21 +9,33 @@ from pathlib import Path
 from pixart.config import Profile, StageConfig
 from pixart.settings import Settings
 
+# What a stage's feature cache depends on among its params (besides the profile's pixel_scale,
+# bucket_quantum_px and train.precision): dvc.yaml's features-<set> stages track exactly these.
+FEATURE_FIELDS = ("vae", "resolution", "caption", "max_tokens", "multi_aspect", "quality", "images")
+
 
 def feature_key(stage: StageConfig) -> tuple:
     """What a stage's feature cache depends on among its params."""
-    return (stage.vae, stage.resolution, stage.caption, stage.max_tokens, stage.multi_aspect, stage.quality,
-            stage.images)
+    return tuple(getattr(stage, field) for field in FEATURE_FIELDS)
 
 
 def feature_set(profile: Profile, stage_name: str) -> str:
     """The feature cache a stage reads: named after the first stage with the same feature key, so
     that e.g. kv-1024 reads aes-1024's latents instead of encoding them again. An import stage reads
-    none: its folder holds only a marker, so that every profile has the same DVC DAG."""
+    none: its set is named after it and never built, so its folder does not exist."""
     if profile.stages[stage_name].kind == "import":
         return stage_name
     key = feature_key(profile.stages[stage_name])
     return next(name for name, s in profile.stages.items() if s.kind != "import" and feature_key(s) == key)
+
+
+def feature_sets(profile: Profile) -> dict[str, list[str]]:
+    """Every feature set of a profile, in stage-table order, with the stages that read it."""
+    sets: dict[str, list[str]] = {}
+    for name, stage in profile.stages.items():
+        if stage.kind != "import":
+            sets.setdefault(feature_set(profile, name), []).append(name)
+    return sets
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,12 @@ class CurriculumPaths:
 
     def features(self, feature_set_name: str) -> Path:
         return self.settings.path(Path("features")) / feature_set_name
+
+    @property
+    def features_work(self) -> Path:
+        """The feature caches' resumable work folders: outside ``features/``, which DVC deletes
+        before it re-runs a features stage, so that a killed build resumes."""
+        return self.settings.path(self.settings.cache_dir) / "features-partial"
 
     def stage(self, name: str) -> Path:
         return self.outputs / name

@@ -1,11 +1,13 @@
-"""features: the VAE latents and T5 features of every feature set the curriculum trains on.
+"""features-<set>: the VAE latents and T5 features of one feature set.
 
-One feature set per distinct (VAE, resolution, caption kind, max tokens, buckets, quality), named
-after the first stage that needs it. Each set is content-keyed: an unchanged set is not recomputed,
-so this stage re-runs cheaply whenever any stage's params change. The key names the component
-folders by their memoised content hashes (``pixart.hashing``), not by rereading their weights.
+A feature set is one distinct (VAE, resolution, caption kind, max tokens, buckets, quality, images),
+named after the first stage that needs it (``pixart.paths.feature_set``); each is its own DVC stage,
+so that a changed set re-encodes alone and DVC's run cache restores the others in a fresh clone. The
+cache is content-keyed: the key names the component folders by their memoised content hashes
+(``pixart.hashing``), not by rereading their weights. Its resumable work folder lives in the cache
+folder, outside the DVC output: a killed build resumes shard by shard.
 
-``torchrun --nproc_per_node N -m stages.features`` splits every set's shards over N processes, one
+``torchrun --nproc_per_node N -m stages.features SET`` splits the set's shards over N processes, one
 GPU each; the result is the same as one process's.
 """
 
@@ -13,7 +15,6 @@ import os
 
 import torch
 
-from pixart import atomic
 from pixart.data.buckets import aspect_ratio_buckets
 from pixart.data.features import build_feature_cache
 from pixart.data.null_caption import save_null_caption
@@ -26,7 +27,7 @@ from pixart.models.builders import (
     precision_dtype,
 )
 from pixart.models.pipeline import run_device
-from pixart.paths import feature_set
+from pixart.paths import feature_sets
 from pixart.train import distributed
 from pixart.train.components import Components
 from stages.common import parse
@@ -43,36 +44,32 @@ def join_launcher() -> int:
 
 
 def main() -> None:
-    ctx = parse(__doc__)
-    profile, paths = ctx.profile, ctx.paths
+    ctx = parse(__doc__, named=True)
+    profile, paths, name = ctx.profile, ctx.paths, ctx.name
+    if name not in feature_sets(profile):
+        raise SystemExit(f"features: '{name}' is not a feature set of profile '{ctx.profile_name}' "
+                         f"(have {list(feature_sets(profile))})")
     rank, device = join_launcher(), run_device()
+    stage = profile.stages[name]
+    components = Components.for_stage(stage, paths)
     encoder_dir, tokenizer_dir = paths.text_encoder / "text_encoder", paths.text_encoder / "tokenizer"
     text_encoder = build_text_encoder(encoder_dir, device=device, dtype=precision_dtype(profile.train.precision))
     tokenizer = load_tokenizer(tokenizer_dir)
-    text_identity = {"text_encoder": folder_hash(encoder_dir), "tokenizer": folder_hash(tokenizer_dir)}
-    vaes: dict[str, torch.nn.Module] = {}
-    for name, stage in profile.stages.items():
-        if stage.kind == "import" and rank == 0:
-            atomic.write_json(paths.features(name) / "import.json",
-                              {"stage": name, "kind": "import", "features": None, "pretrained": str(stage.pretrained)})
-    sets = {feature_set(profile, name) for name, s in profile.stages.items() if s.kind != "import"}
-    for name in (n for n in profile.stages if n in sets):
-        stage = profile.stages[name]
-        components = Components.for_stage(stage, paths)
-        if stage.vae not in vaes:
-            # fp32 in every profile: SDXL's VAE is unstable in half precision
-            vaes[stage.vae] = build_vae(components.vae).to(device).eval()
-        pixels = profile.pixels(stage)
-        buckets = aspect_ratio_buckets(pixels, profile.bucket_quantum_px) if stage.multi_aspect else None
-        out = build_feature_cache(
-            paths.train_dataset(profile), paths.features(name), vae=vaes[stage.vae], text_encoder=text_encoder,
-            tokenizer=tokenizer, resolution_px=pixels, caption_kind=stage.caption, max_tokens=stage.max_tokens,
-            buckets=buckets, quality="high" if stage.quality == "high" else None, limit=stage.images,
-            identity={**text_identity, "vae": folder_hash(components.vae)},
-        )
-        if rank == 0:
-            save_null_caption(out, *null_caption_embedding(text_encoder, tokenizer, stage.max_tokens))
-            print(f"features: {name} ({pixels} px, {stage.caption}, {stage.max_tokens} tokens) -> {out}")
+    # fp32 in every profile: SDXL's VAE is unstable in half precision
+    vae = build_vae(components.vae).to(device).eval()
+    pixels = profile.pixels(stage)
+    buckets = aspect_ratio_buckets(pixels, profile.bucket_quantum_px) if stage.multi_aspect else None
+    out = build_feature_cache(
+        paths.train_dataset(profile), paths.features(name), vae=vae, text_encoder=text_encoder,
+        tokenizer=tokenizer, resolution_px=pixels, caption_kind=stage.caption, max_tokens=stage.max_tokens,
+        buckets=buckets, quality="high" if stage.quality == "high" else None, limit=stage.images,
+        identity={"text_encoder": folder_hash(encoder_dir), "tokenizer": folder_hash(tokenizer_dir),
+                  "vae": folder_hash(components.vae)},
+        work_dir=paths.features_work,
+    )
+    if rank == 0:
+        save_null_caption(out, *null_caption_embedding(text_encoder, tokenizer, stage.max_tokens))
+        print(f"features: {name} ({pixels} px, {stage.caption}, {stage.max_tokens} tokens) -> {out}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from pixart import dag
+from pixart import dag, paths
 from pixart.config import PARAMS_FILE, load_all
 from tests.conftest import subprocess_env
 
@@ -28,13 +28,27 @@ def test_every_profile_renders_a_dag_dvc_accepts_with_every_stage_of_its_table(t
     dag.write(params)
     dag.check(params)
     stages = yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"]
-    table = load_all(params)[profile].stages
+    parsed = load_all(params)[profile]
+    table = parsed.stages
     assert set(table) <= set(stages)
     for name, stage in table.items():
         assert f"outputs/{name}" in stages[name]["outs"]
         assert f"outputs/{name}" in stages["pixeval"]["deps"]
         if stage.init_from:
             assert f"outputs/{stage.init_from}" in stages[name]["deps"], name
+        if stage.kind == "import":  # no features: what it exports comes straight from its upstream
+            assert not any(d.startswith("features/") for d in stages[name]["deps"]), name
+            assert {"data/train", "outputs/text-encoder", f"outputs/vae-{stage.vae}"} <= set(stages[name]["deps"])
+        else:
+            feature_set = paths.feature_set(parsed, name)
+            assert f"features/{feature_set}" in stages[name]["deps"], name
+            assert stages[f"features-{feature_set}"]["outs"] == [f"features/{feature_set}"]
+    assert {n for n in stages if n.startswith("features-")} == {f"features-{s}" for s in paths.feature_sets(parsed)}
+    # DVC's run cache restores a stage in a fresh clone only when no out persists or skips the cache
+    for name, stage in stages.items():
+        for out in (o for kind in ("outs", "metrics", "plots") for o in stage.get(kind, [])):
+            options = next(iter(out.values())) if isinstance(out, dict) else {}
+            assert not options.get("persist") and options.get("cache", True), (name, out)
     # DVC itself parses it: every stage, dependency and params key it names exists
     env = subprocess_env()
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, env=env, check=True)
@@ -53,6 +67,26 @@ def test_xl_dag_holds_both_4k_rows_and_reads_the_users_data():
     assert "outputs/judge" not in str(raw["pixeval"]["outs"])  # no judge without generated scenes
     assert "pretrained/PixArt-XL-2-256x256.pth" in raw["base"]["deps"]
     assert "profiles.xl.stage_defaults" in raw["align"]["params"]
+    # every feature set and the teacher pairs shard over the GPUs of the stages they serve, and their pods get as many
+    assert raw["features-aes-1024"]["cmd"] == "python -m pixart launch --num-gpus 8 stages.features aes-1024"
+    assert dag.sharded_gpus(load_all(params)["xl"]) == {**{f"features-{s}": 8 for s in (
+        "vae-adapt", "align", "aes-512", "aes-1024", "aes-2k", "aes-4k")}, "dmd-pairs": 8}
+
+
+def test_a_feature_set_depends_on_the_params_that_enter_its_key_only():
+    params = PARAMS_FILE.parent / "params.yaml"
+    raw = dag._stages("smoke", load_all(params)["smoke"],
+                      dag._Keys(yaml.safe_load(params.read_text())["profiles"], "smoke"))
+    assert raw["features-base"]["params"] == [
+        "profile", "profiles.tiny.stages.base.vae", "profiles.tiny.stages.base.resolution",
+        "profiles.tiny.stages.base.caption", "profiles.tiny.stages.base.max_tokens",
+        "profiles.tiny.pixel_scale", "profiles.smoke.pixel_scale", "profiles.tiny.bucket_quantum_px",
+        "profiles.smoke.bucket_quantum_px", "profiles.tiny.train.precision"]
+    assert "outputs/vae-old" in raw["features-base"]["deps"] and "outputs/vae-new" not in raw["features-base"]["deps"]
+    # kv-1024 reads aes-1024's set, which also names the images and quality it keeps
+    assert "features/aes-1024" in raw["kv-1024"]["deps"] and "features-kv-1024" not in raw
+    assert {"profiles.tiny.stages.aes-1024.images", "profiles.tiny.stages.aes-1024.quality",
+            "profiles.tiny.stages.aes-1024.multi_aspect"} <= set(raw["features-aes-1024"]["params"])
 
 
 def test_a_hand_edit_of_dvc_yaml_fails_the_check_and_the_cli(tmp_path):

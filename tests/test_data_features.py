@@ -152,20 +152,24 @@ def test_a_killed_build_resumes_and_encodes_only_the_missing_shards(parts, tmp_p
     straight = build_feature_cache(root / "data", tmp_path / "straight", **kwargs)
     shards = len(FeatureCache(straight).shards)
     assert shards == 5
+    assert not (tmp_path / ".partial").exists()  # the default work folder, beside the cache, is gone
 
+    # as a DVC stage builds it: the work folder outside the output, which DVC deletes before a re-run
+    kwargs["work_dir"] = work = tmp_path / "cache/features-partial"
     with monkeypatch.context() as patch:
         _counting(patch, features, "_encode_shard", fail_after=2)
         with pytest.raises(KeyboardInterrupt):
-            build_feature_cache(root / "data", tmp_path / "killed", **kwargs)
-    assert not (tmp_path / "killed").exists()
-    (partial,) = tmp_path.glob(".partial-killed-*")
+            build_feature_cache(root / "data", tmp_path / "features/killed", **kwargs)
+    assert not (tmp_path / "features/killed").exists()
+    (partial,) = work.glob("killed-*")
     assert sorted(p.name for p in partial.glob("shard-*")) == ["shard-00000.safetensors", "shard-00001.safetensors"]
 
     calls = _counting(monkeypatch, features, "_encode_shard")
-    resumed = build_feature_cache(root / "data", tmp_path / "killed", **kwargs)
+    resumed = build_feature_cache(root / "data", tmp_path / "features/killed", **kwargs)
     assert len(calls) == shards - 2
     assert _bytes(resumed) == _bytes(straight)
-    assert not list(tmp_path.glob(".partial-*"))
+    assert not work.exists()
+    assert sorted(p.name for p in (tmp_path / "features").iterdir()) == ["killed"]
 
 
 def _bytes(folder):

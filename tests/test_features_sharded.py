@@ -43,7 +43,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def _smoke_world(root: Path) -> None:
-    """What the stages before `features` leave for the smoke profile (debug spec): the training set,
+    """What the stages before the `features-<set>` ones leave for the smoke profile (debug spec): the training set,
     the text encoder (a random debug T5 and its trained tokenizer) and the two VAEs."""
     from pixart.config import load_profile
     from pixart.data.format import load_dataset
@@ -64,6 +64,10 @@ def _smoke_world(root: Path) -> None:
         build_vae(TINY_VAE_CONFIGS[name]).save_pretrained(root / f"outputs/vae-{name}")
 
 
+# a square set of raw captions and a set of aspect-ratio buckets, high quality only, of fewer images
+SETS = ("aes-1024", "base")
+
+
 @pytest.mark.slow
 def test_two_processes_write_the_feature_cache_of_one_byte_for_byte(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
@@ -71,17 +75,27 @@ def test_two_processes_write_the_feature_cache_of_one_byte_for_byte(tmp_path):
     shutil.copytree(one, two, copy_function=shutil.copy2)
     components = _files(one / "outputs")
 
-    _run(one, 1, "stages.features", "--profile", "smoke")
-    _run(two, 2, "stages.features", "--profile", "smoke")
+    for feature_set in SETS:
+        _run(one, 1, "stages.features", feature_set, "--profile", "smoke")
+        _run(two, 2, "stages.features", feature_set, "--profile", "smoke")
 
     a, b = _files(one / "features"), _files(two / "features")
-    assert sum(name.endswith("index.json") for name in a) == 6  # the smoke profile's six feature sets
+    assert sorted(name for name in a if name.endswith("index.json")) == [f"{s}/index.json" for s in SETS]
     assert sorted(a) == sorted(b)
     assert [name for name in a if a[name] != b[name]] == []
-    assert not any(".partial-" in name for name in a)  # work folders are gone once the caches are in place
+    # the work folders (outside features/, which DVC deletes before a re-run) are gone with the caches in place
+    assert not (one / ".cache/features-partial").exists() and not (two / ".cache/features-partial").exists()
     # the weights' hashes are memoised outside the components' folders, which are DVC outputs
     assert _files(one / "outputs") == _files(two / "outputs") == components
     assert list((one / ".cache/hashes").glob("*.json"))
+
+
+def test_the_features_stage_builds_a_named_set_and_refuses_a_stage_that_reads_anothers(monkeypatch):
+    from stages import features
+
+    monkeypatch.setattr(sys, "argv", ["stages.features", "kv-1024", "--profile", "smoke"])
+    with pytest.raises(SystemExit, match=r"'kv-1024' is not a feature set of profile 'smoke' \(have \['base', "):
+        features.main()
 
 
 def _teacher_world(root: Path) -> tuple[Path, Path]:

@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from flows.artifacts import NOT_RUN, StageRecord, links_markdown, pixeval_rows, samples_markdown
-from flows.dvc_stage import StageFailed, StageTimeout, repro
+from flows.dvc_stage import StageFailed, StageTimeout, outcomes, push, repro, require_remote
 from flows.plan import PlanError, active_profile, make_plan
 from flows.stage import job_variables, launcher_env
 from pixart.tracking import PARENT_RUN_ENV
@@ -89,6 +89,62 @@ def test_timeout_stops_the_stage_process_tree(dvc_project):
         repro(dvc_project, "hangs", timeout_s=8, log=lambda _: None)
     pid = int((dvc_project / "pid").read_text())
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_outcomes_tell_a_run_from_a_run_cache_restore_and_a_skip():
+    output = ("Stage 'a' didn't change, skipping\n"
+              "Stage 'b' is cached - skipping run, checking out outputs\n"
+              "Pulling data for stage: 'c'\nUnable to pull data for stage: 'c'\nRunning stage 'c':\n> python c.py\n"
+              "Running stage 'd':\n> echo \"Running stage 'e':\"\n")
+    assert outcomes(output) == {"a": "skipped", "b": "restored", "c": "ran", "d": "ran"}
+
+
+@pytest.fixture
+def origin(tmp_path) -> Path:
+    """A git repo whose dvc.yaml is a -> b (each stage counts its runs in runs.log, outside DVC's outs)
+    and a local DVC remote; no dvc.lock is committed, as on a cluster."""
+    root, remote = tmp_path / "origin", tmp_path / "remote"
+    root.mkdir()
+    count = "open('../runs.log', 'a').write('{}'); "
+    stages = {
+        "a": {"cmd": _write(count.format("a") + "open('a.txt', 'w').write('a'); open('a.json', 'w').write('1')"),
+              "deps": ["params.yaml"], "outs": ["a.txt"], "metrics": ["a.json"]},
+        "b": {"cmd": _write(count.format("b") + "open('b.txt', 'w').write(open('a.txt').read() + 'b')"),
+              "deps": ["a.txt"], "outs": ["b.txt"]},
+    }
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    (root / "params.yaml").write_text("profile: p\nprofiles:\n  p: {}\n")
+    for cmd in (["git", "init", "-q"], [PY, "-m", "dvc", "init", "-q"],
+                [PY, "-m", "dvc", "remote", "add", "-d", "shared", str(remote)], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "origin"]):
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+    return root
+
+
+def _pod(origin: Path, name: str) -> Path:
+    """A fresh clone, as a stage's pod starts: no dvc.lock, no outputs, its own DVC cache."""
+    pod = origin.parent / name
+    subprocess.run(["git", "clone", "-q", str(origin), str(pod)], check=True)
+    return pod
+
+
+def test_pods_restore_upstream_stages_from_the_run_cache_and_run_each_stage_once(origin):
+    lines: list[str] = []
+    pods = [_pod(origin, f"pod-{n}") for n in range(3)]
+    assert repro(pods[0], "a", timeout_s=120, pull=True, log=lines.append) == "ran"
+    push(pods[0], timeout_s=120, log=lines.append)
+    assert repro(pods[1], "b", timeout_s=120, pull=True, log=lines.append) == "ran"
+    push(pods[1], timeout_s=120, log=lines.append)
+    # a retried pod finds its stage in the run cache; a cache: true metric comes back with it
+    assert repro(pods[2], "b", timeout_s=120, pull=True, log=lines.append) == "restored"
+    assert (pods[2] / "b.txt").read_text() == "ab" and (pods[2] / "a.json").is_file()
+    assert (origin.parent / "runs.log").read_text() == "ab"
+    assert not any("upstream stages ran here" in line for line in lines)
+
+
+def test_a_pod_without_a_dvc_remote_fails_before_its_stage_runs(dvc_project):
+    with pytest.raises(RuntimeError, match="no default DVC remote"):
+        require_remote(dvc_project)
 
 
 def test_a_dispatched_training_stage_gets_its_gpus_and_the_deepspeed_launcher():

@@ -63,7 +63,8 @@ def launch_command(module: list[str], gpus: int, nodes: int, launcher: str) -> l
     if launcher == "none":
         return [sys.executable, "-m", *module]
     if launcher == "deepspeed":
-        cmd = [_launcher_bin("deepspeed"), "--num_gpus", str(gpus), "--num_nodes", str(nodes),
+        # --no_local_rank: the rank comes from LOCAL_RANK; the stage modules take no --local_rank argument
+        cmd = [_launcher_bin("deepspeed"), "--no_local_rank", "--num_gpus", str(gpus), "--num_nodes", str(nodes),
                "--master_addr", settings.master_addr, "--master_port", str(settings.master_port)]
         if settings.hostfile:
             cmd += ["--hostfile", str(settings.hostfile)]
