@@ -5,6 +5,28 @@ run groups one curriculum run, a child run per stage holds its params, per-step 
 metrics and sample images; each stage's checkpoint becomes a version of the registered model with
 alias = stage name and a ``weak_input`` tag naming the version it was fine-tuned from, so the chain
 back to ``base`` can be walked. Works against the embedded SQLite file and an ``mlflow server`` URL.
+
+Run lifecycle under faults (docs/faults.md):
+
+- *Resumed attempts close their predecessor.* A stage run writes its id to the resumable state's
+  ``run.json`` (``stage_run(run_file=...)``) when it starts. The next attempt on the same state (same
+  stage, same resume key: a retry after a kill) reads it, tags that run ``pixart.resumed_by=<its own
+  id>`` and, when it is still RUNNING (a SIGKILL leaves no chance to end it), ends it KILLED. A file
+  beside the checkpoint, rather than a search of RUNNING runs, finds exactly the attempt whose
+  checkpoint is resumed, costs no query, and cannot close a run that a concurrent, unrelated
+  process holds open. A run recorded against another tracking URI is left alone.
+- *Store down when a stage starts:* the stage fails before its first step, with
+  ``TrackingUnavailable`` naming the URI (password masked); no run, no run.json, no checkpoint.
+- *Store down mid-stage:* training goes on. Metrics are queued to a background thread that sends
+  them in order, each request retried by MLflow's client (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
+  about 4 minutes by default), so a shorter outage loses nothing. A batch whose retries run out is
+  dropped: one warning names the store and the first lost step, and the run is tagged
+  ``pixart.metrics_dropped`` with the count when it ends, when the batches still queued behind a
+  failed one are dropped too rather than each waiting out its retries. The checkpoints never
+  depend on the store.
+- *Store down at registration:* the stage fails after its final checkpoint and its exported folder
+  are on disk; the run cannot be ended then, so it stays RUNNING until the re-run closes it, and
+  the re-run resumes at the last step, trains nothing, exports and registers.
 """
 
 from __future__ import annotations
@@ -15,9 +37,12 @@ import os
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import functools
+import json
+import logging
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +59,58 @@ from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH,
 from pixart import atomic
 from pixart.settings import ROOT, Settings, get_settings
 
+log = logging.getLogger(__name__)
+
 PARENT_RUN_ENV = "PIXART_PARENT_RUN_ID"
 CHECKPOINT_ARTIFACT = "checkpoint"
 METRIC_TAG_PREFIX = "metric."
+RESUMED_BY_TAG = "pixart.resumed_by"
+METRICS_DROPPED_TAG = "pixart.metrics_dropped"
 _CURRICULUM_KIND = "curriculum"
 
 T = TypeVar("T")
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store did not answer; the message names it (password masked) and what was asked."""
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from a store that did not answer: refused, timed out, 5xx after the
+    retries (requests), or a database that cannot be opened (SQLAlchemy). A local OSError (a file
+    that cannot be read for upload) is not one."""
+    import requests
+    import sqlalchemy.exc
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (requests.RequestException, sqlalchemy.exc.OperationalError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@contextmanager
+def _reaching(shown: str, doing: str) -> Iterator[None]:
+    """Turn a store that does not answer into TrackingUnavailable naming it (``shown``: its public
+    URI) and the innermost cause only (the outer ones repeat the URI, password and all); other errors
+    pass."""
+    try:
+        yield
+    except TrackingUnavailable:
+        raise
+    except Exception as exc:
+        if not _unreachable(exc):
+            raise
+        raise TrackingUnavailable(f"MLflow at {shown} did not answer while {doing}: {_innermost(exc)}") from None
+
+
+def _innermost(exc: BaseException) -> str:
+    """The root cause of ``exc``: "ConnectionRefusedError: [Errno 111] Connection refused" rather than
+    MLflow's wrapper, whose text repeats the URI, password and all."""
+    while exc.__cause__ or exc.__context__:
+        exc = exc.__cause__ or exc.__context__
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True)
@@ -63,17 +134,18 @@ def configure(settings: Settings | None = None) -> str:
     uri = settings.resolved_tracking_uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.get_experiment_by_name(settings.experiment)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
-    else:
-        experiment_id = _create_or_get(
-            lambda: client.create_experiment(
-                settings.experiment, artifact_location=_artifact_location(settings)
-            ),
-            lambda: client.get_experiment_by_name(settings.experiment).experiment_id,
-        )
+    with _reaching(settings.public_tracking_uri, f"looking up experiment '{settings.experiment}'"):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        experiment = client.get_experiment_by_name(settings.experiment)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            experiment_id = _create_or_get(
+                lambda: client.create_experiment(
+                    settings.experiment, artifact_location=_artifact_location(settings)
+                ),
+                lambda: client.get_experiment_by_name(settings.experiment).experiment_id,
+            )
     _context = _Context(settings, client, experiment_id)
     return experiment_id
 
@@ -169,11 +241,16 @@ class StageRun:
         run_id: str | None = None,
         artifact_uri: str | None = None,
         client: MlflowClient | None = None,
+        shown_uri: str = "",
     ) -> None:
         self.stage = stage
         self.run_id = run_id
         self.artifact_uri = artifact_uri
         self._client = client
+        self._shown_uri = shown_uri
+        self._sender: ThreadPoolExecutor | None = None
+        self._sent: list[tuple[int, Future]] = []
+        self.dropped = 0
 
     @property
     def enabled(self) -> bool:
@@ -186,14 +263,50 @@ class StageRun:
 
     @_only_when_enabled
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Log scalar metrics at a training step, queued: the step does not wait for the store
-        (the queue is flushed when the run ends)."""
+        """Log scalar metrics at a training step without waiting for the store: one background
+        thread sends the batches in order, each retried by MLflow's client. A batch the store still
+        does not take is dropped (the module header says why); the first drop warns."""
+        self._reap()
+        if self._sender is None:
+            self._sender = ThreadPoolExecutor(1, thread_name_prefix=f"metrics-{self.stage}")
         now = int(time.time() * 1000)
-        self._client.log_batch(
-            self.run_id,
-            metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
-            synchronous=False,
-        )
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._sent.append((step, self._sender.submit(self._client.log_batch, self.run_id, metrics=batch)))
+
+    def _reap(self) -> None:
+        pending = []
+        for step, future in self._sent:
+            if not future.done():
+                pending.append((step, future))
+            elif future.exception() is not None:
+                self._drop(step, future.exception())
+        self._sent = pending
+
+    def _drop(self, step: int, exc: BaseException) -> None:
+        self.dropped += 1
+        if self.dropped == 1:
+            log.warning("MLflow at %s did not take the metrics of stage %s at step %d (%s); metrics it cannot "
+                        "take are dropped and training goes on", self._shown_uri, self.stage, step,
+                        _innermost(exc))
+
+    def close(self) -> int:
+        """Wait for the metrics in flight and return how many batches were dropped. After a failed
+        batch the queued ones are dropped, not sent: each would wait out its retries against a store
+        that is down."""
+        failed = False
+        for step, future in self._sent:
+            if failed:
+                future.cancel()
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - whatever the store raised, or CancelledError: dropped
+                self._drop(step, exc)
+                failed = True
+        self._sent = []
+        if self._sender is not None:
+            self._sender.shutdown()
+            self._sender = None
+        return self.dropped
 
     @_only_when_enabled
     def log_image(self, image: Any, name: str, step: int) -> None:
@@ -258,7 +371,7 @@ def _parent_run_id(ctx: _Context, explicit: str | None, curriculum: str | None) 
                 if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                     raise
                 raise LookupError(
-                    f"{origin}={run_id}: no such MLflow run at {ctx.settings.resolved_tracking_uri}"
+                    f"{origin}={run_id}: no such MLflow run at {ctx.settings.public_tracking_uri}"
                 ) from exc
             return run_id
     if not curriculum:
@@ -289,37 +402,96 @@ def stage_run(
     data_version: str | None = None,
     parent_run_id: str | None = None,
     enabled: bool = True,
+    run_file: Path | None = None,
 ) -> Iterator[StageRun]:
     """The MLflow run of one stage, nested under its curriculum's parent run, with system metrics.
 
     The parent is ``parent_run_id``, else ``$PIXART_PARENT_RUN_ID``, else found (or created) by the
     tags ``curriculum`` (default: ``params["profile"]``) and ``git_commit``. Tags: stage,
     git_commit, curriculum, data_version (when given). ``enabled=False`` (non-zero ranks) yields a
-    run that logs nothing and touches no server.
+    run that logs nothing and touches no server. ``run_file`` (the resumable state's run.json)
+    records the run; the unfinished run it named before, the attempt this one resumes, is closed
+    (module header). A store that does not answer raises TrackingUnavailable before anything is
+    written.
     """
     if not enabled:
         yield StageRun(stage)
         return
     ctx = _ctx()
+    shown = ctx.settings.public_tracking_uri
     curriculum = curriculum or params.get("profile")
-    parent = _parent_run_id(ctx, parent_run_id, curriculum)
-    tags: dict[str, Any] = {"stage": stage, "git_commit": git_commit(), MLFLOW_PARENT_RUN_ID: parent}
-    if curriculum:
-        tags["curriculum"] = curriculum
-    if data_version:
-        tags["data_version"] = data_version
-    created = ctx.client.create_run(ctx.experiment_id, run_name=stage, tags=_tags(tags))
-    run = StageRun(stage, created.info.run_id, created.info.artifact_uri, ctx.client)
-    run.log_params(params)
-    # The fluent API is the only public way to attach mlflow's system-metrics sampler to a run.
-    mlflow.start_run(run_id=run.run_id, log_system_metrics=True)
+    with _reaching(shown, f"starting the run of stage {stage}"):
+        parent = _parent_run_id(ctx, parent_run_id, curriculum)
+        tags: dict[str, Any] = {"stage": stage, "git_commit": git_commit(), MLFLOW_PARENT_RUN_ID: parent}
+        if curriculum:
+            tags["curriculum"] = curriculum
+        if data_version:
+            tags["data_version"] = data_version
+        created = ctx.client.create_run(ctx.experiment_id, run_name=stage, tags=_tags(tags))
+    run = StageRun(stage, created.info.run_id, created.info.artifact_uri, ctx.client, shown)
     try:
+        with _reaching(shown, f"starting the run of stage {stage}"):
+            run.log_params(params)
+            if run_file is not None:
+                _close_predecessor(ctx, Path(run_file), run.run_id)
+                atomic.write_json(Path(run_file), {"run_id": run.run_id, "stage": stage, "tracking_uri": shown})
+            # The fluent API is the only public way to attach mlflow's system-metrics sampler to a run.
+            mlflow.start_run(run_id=run.run_id, log_system_metrics=True)
         yield run
     except BaseException as exc:
-        mlflow.end_run(_failure_status(exc))
+        _end_run(ctx, run, _failure_status(exc), raising=False)
         raise
     else:
-        mlflow.end_run("FINISHED")
+        _end_run(ctx, run, "FINISHED", raising=True)
+
+
+def _close_predecessor(ctx: _Context, run_file: Path, successor: str) -> None:
+    """Tag the run that ``run_file`` names ``pixart.resumed_by=<successor>``, and end it KILLED when
+    it is still RUNNING; a finished run, or one of another store, is left as it is."""
+    try:
+        previous = json.loads(run_file.read_text())
+    except FileNotFoundError:
+        return
+    shown = ctx.settings.public_tracking_uri
+    if previous.get("tracking_uri") != shown:
+        log.info("%s: run %s was tracked at %s, not %s; left as it is", run_file, previous.get("run_id"),
+                 previous.get("tracking_uri"), shown)
+        return
+    try:
+        status = ctx.client.get_run(previous["run_id"]).info.status
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return
+    if status == "FINISHED":
+        return
+    ctx.client.set_tag(previous["run_id"], RESUMED_BY_TAG, successor)
+    if status in ("RUNNING", "SCHEDULED"):
+        ctx.client.set_terminated(previous["run_id"], "KILLED")
+        log.info("closed run %s of stage %s as KILLED: run %s resumes it", previous["run_id"],
+                 previous.get("stage"), successor)
+
+
+def _end_run(ctx: _Context, run: StageRun, status: str, *, raising: bool) -> None:
+    """Send the metrics in flight, tag the dropped ones, end the run. On the failure path
+    (``raising`` False) a store that does not answer must not hide the stage's own error: a
+    warning, and the next attempt closes the run."""
+    dropped = run.close()
+    active = mlflow.active_run()
+    try:
+        with _reaching(ctx.settings.public_tracking_uri, f"ending run {run.run_id} of stage {run.stage}"):
+            try:
+                if dropped:
+                    run.set_tags({METRICS_DROPPED_TAG: dropped})
+            finally:
+                if active is not None and active.info.run_id == run.run_id:
+                    mlflow.end_run(status)
+                else:  # it failed before the fluent run started
+                    ctx.client.set_terminated(run.run_id, status)
+    except Exception as exc:
+        if raising:
+            raise
+        log.warning("%s; the run stays RUNNING until the next attempt of stage %s closes it", exc, run.stage)
 
 
 def _split_ref(ref: str, default_name: str) -> tuple[str, str | None, str | None]:
@@ -344,7 +516,7 @@ def _lookup(ref: str) -> ModelVersion:
         version = _alias_version(ctx, name, alias)
         if version is None:
             raise LookupError(
-                f"no version of '{name}' has alias '{alias}' at {ctx.settings.resolved_tracking_uri}"
+                f"no version of '{name}' has alias '{alias}' at {ctx.settings.public_tracking_uri}"
             )
     try:
         return ctx.client.get_model_version(name, version)
@@ -352,7 +524,7 @@ def _lookup(ref: str) -> ModelVersion:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         raise LookupError(
-            f"no version {version} of '{name}' at {ctx.settings.resolved_tracking_uri}"
+            f"no version {version} of '{name}' at {ctx.settings.public_tracking_uri}"
         ) from exc
 
 
@@ -397,18 +569,19 @@ def register_checkpoint(
     ctx = _ctx()
     name = ctx.settings.registered_model
     tags = {"stage": stage, "git_commit": git_commit(), "data_version": data_version}
-    if weak_input_version is not None:
-        tags["weak_input"] = str(_lookup(weak_input_version).version)
-    ctx.client.log_artifacts(run.run_id, str(local_dir), CHECKPOINT_ARTIFACT)
-    _create_or_get(
-        lambda: ctx.client.create_registered_model(name), lambda: ctx.client.get_registered_model(name)
-    )
-    created = ctx.client.create_model_version(
-        name, source=f"{run.artifact_uri}/{CHECKPOINT_ARTIFACT}", run_id=run.run_id, tags=_tags(tags)
-    )
-    version = str(created.version)
-    ctx.client.set_registered_model_alias(name, stage, version)
-    run.set_tags({"model_version": version})
+    with _reaching(ctx.settings.public_tracking_uri, f"registering {local_dir} as a version of '{name}'"):
+        if weak_input_version is not None:
+            tags["weak_input"] = str(_lookup(weak_input_version).version)
+        ctx.client.log_artifacts(run.run_id, str(local_dir), CHECKPOINT_ARTIFACT)
+        _create_or_get(
+            lambda: ctx.client.create_registered_model(name), lambda: ctx.client.get_registered_model(name)
+        )
+        created = ctx.client.create_model_version(
+            name, source=f"{run.artifact_uri}/{CHECKPOINT_ARTIFACT}", run_id=run.run_id, tags=_tags(tags)
+        )
+        version = str(created.version)
+        ctx.client.set_registered_model_alias(name, stage, version)
+        run.set_tags({"model_version": version})
     return version
 
 
@@ -425,7 +598,7 @@ def resolve_weak_input(stage: str, outputs_dir: Path) -> Path:
     if version is None:
         raise FileNotFoundError(
             f"weak input '{stage}': no {local / 'stage.json'} and no registered version "
-            f"models:/{name}@{stage} at {ctx.settings.resolved_tracking_uri}"
+            f"models:/{name}@{stage} at {ctx.settings.public_tracking_uri}"
         )
     target = ctx.settings.path(ctx.settings.cache_dir) / "registry" / name / version
     if not target.is_dir():

@@ -246,3 +246,58 @@ def test_flatten_params_rejects_keys_longer_than_mlflow_allows():
     assert tracking.flatten_params({"a": {"b": {"c": None}}, "d": 1}) == {"a.b.c": "None", "d": "1"}
     with pytest.raises(ValueError, match="aaaa"):
         tracking.flatten_params({"a" * 300: 1})
+
+
+def test_a_stage_run_tags_the_unfinished_attempt_it_resumes_and_leaves_a_finished_one_alone(embedded, client,
+                                                                                              tmp_path):
+    run_file = tmp_path / "state/run.json"
+    with (pytest.raises(RuntimeError, match="export failed"),
+          tracking.stage_run("resumable", {}, curriculum="smoke", run_file=run_file) as failed):
+        raise RuntimeError("export failed")
+    assert json.loads(run_file.read_text())["run_id"] == failed.run_id
+    with tracking.stage_run("resumable", {}, curriculum="smoke", run_file=run_file) as retry:
+        pass
+    closed = client.get_run(failed.run_id)
+    assert closed.info.status == "FAILED" and closed.data.tags[tracking.RESUMED_BY_TAG] == retry.run_id
+    with tracking.stage_run("resumable", {}, curriculum="smoke", run_file=run_file):
+        pass
+    assert tracking.RESUMED_BY_TAG not in client.get_run(retry.run_id).data.tags  # it had finished
+
+
+def test_a_store_that_does_not_answer_is_named_with_its_password_masked(embedded, monkeypatch):
+    from tests.servers import free_port
+
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # where the settings put them
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    port = free_port()
+    down = Settings(root=embedded.root, tracking_uri=f"http://pixart:hunter2@127.0.0.1:{port}")
+    with pytest.raises(tracking.TrackingUnavailable, match=rf"MLflow at http://\*\*\*@127.0.0.1:{port} did not answer "
+                       r"while looking up experiment .*Connection refused") as failed:
+        tracking.configure(down)
+    assert "hunter2" not in str(failed.value)
+    tracking.configure(embedded)
+
+
+def test_metrics_the_store_does_not_take_are_dropped_counted_and_warned_about_once(embedded, client, monkeypatch,
+                                                                                    caplog):
+    from mlflow.exceptions import MlflowException
+
+    log_batch = client.log_batch
+
+    def refuse_steps_2_and_3(run_id, metrics=(), **kwargs):
+        if any(m.step in (2, 3) for m in metrics):
+            raise MlflowException("API request failed: 503")
+        return log_batch(run_id, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(client, "log_batch", refuse_steps_2_and_3)
+    with (caplog.at_level("WARNING", logger=tracking.__name__),
+          tracking.stage_run("flaky", {}, curriculum="smoke") as run):
+        for step in range(1, 5):
+            run.log_metrics({"loss": 1.0 / step}, step=step)
+    assert [m.step for m in client.get_metric_history(run.run_id, "loss")] == [1, 4]
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FINISHED" and got.data.tags[tracking.METRICS_DROPPED_TAG] == "2"
+    assert [r.getMessage() for r in caplog.records if "did not take the metrics" in r.getMessage()] == [
+        "MLflow at " + embedded.public_tracking_uri + " did not take the metrics of stage flaky at step 2 "
+        "(MlflowException: API request failed: 503); metrics it cannot take are dropped and training goes on"]

@@ -10,14 +10,21 @@ folder is a sound DVC stage output. Latents are stored unscaled as ``latent_dist
 Text features are stored trimmed to the shard's longest real token count, not padded to
 ``max_tokens``; the loader pads them back. Shards are independent, so ranks encode disjoint ones and
 a killed build keeps what it finished (``build_feature_cache``).
+
+Corrupt input at feature time is refused by name, never skipped: prepare-data already checked every
+image and path, so an image that does not decode, an entry pointing outside the dataset folder or a
+shard that does not open means the disk changed under us, and skipping would silently change what a
+stage trains on under the same data version.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import posixpath
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,13 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
 from pixart import atomic
 from pixart.data.buckets import Buckets, nearest_bucket
-from pixart.data.format import CaptionKind, DatasetError, Entry, dataset_version, load_dataset
+from pixart.data.format import DATA_INFO, CaptionKind, DatasetError, Entry, dataset_version, load_dataset
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +82,19 @@ def target_size(entry: Entry, resolution_px: int, buckets: Buckets | None) -> tu
 
 def load_pixels(path: Path, height: int, width: int) -> torch.Tensor:
     """The image resized to cover height x width, center-cropped, as (3, H, W) in [-1, 1]."""
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        scale = max(height / img.height, width / img.width)
-        rh, rw = max(height, round(img.height * scale)), max(width, round(img.width * scale))
-        img = img.resize((rw, rh), Image.Resampling.BICUBIC)
-        top, left = (rh - height) // 2, (rw - width) // 2
-        img = img.crop((left, top, left + width, top + height))
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+    # PIL: UnidentifiedImageError / "image file is truncated" are OSErrors, a broken PNG chunk a SyntaxError
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc}); prepare-data "
+                           "checked it, so it changed on disk since: restore the dataset (dvc checkout) or re-run "
+                           "prepare-data") from None
+    scale = max(height / img.height, width / img.width)
+    rh, rw = max(height, round(img.height * scale)), max(width, round(img.width * scale))
+    img = img.resize((rw, rh), Image.Resampling.BICUBIC)
+    top, left = (rh - height) // 2, (rw - width) // 2
+    img = img.crop((left, top, left + width, top + height))
     pixels = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1)
     return pixels / 127.5 - 1.0
 
@@ -119,6 +132,7 @@ def build_feature_cache(
     limit: int | None = None,
     batch_size: int = 16,
     identity: dict[str, str] | None = None,
+    work_dir: Path | None = None,
 ) -> Path:
     """Encode a dataset's images (VAE) and captions (T5) into ``out_dir``, unless it holds this key.
 
@@ -129,9 +143,10 @@ def build_feature_cache(
     given ``vae`` / ``text_encoder`` / ``tokenizer`` entry replaces that computed hash, and every
     entry enters the key, as do the two models' dtypes.
 
-    Shards are written one by one into a work folder beside ``out_dir`` named after the key
-    (``.partial-<name>-<key[:12]>``), and shards already there are not encoded again: a killed build
-    resumes shard by shard. Under a ``torch.distributed`` process group, rank r encodes the shards
+    Shards are written one by one into a work folder named after the key,
+    ``<work_dir>/<name>-<key[:12]>`` (``work_dir`` default: ``.partial`` beside ``out_dir``; a DVC
+    stage keeps it outside its outs, which DVC deletes before a re-run), and shards already there are
+    not encoded again: a killed build resumes shard by shard. Under a ``torch.distributed`` process group, rank r encodes the shards
     n with n % world == r; when every rank is done, rank 0 writes the index, with the latent range
     merged from the ranges each shard carries, and moves the cache into place. Every rank returns
     once it is there; its bytes are the same for any number of processes.
@@ -141,6 +156,7 @@ def build_feature_cache(
         raise ValueError(f"caption_kind: '{caption_kind}' is not 'raw' or 'dense'")
     if quality not in (None, "high"):
         raise ValueError(f"quality: '{quality}' is not None or 'high'")
+    _refuse_outside(dataset_dir)
     identity = dict(identity or {})
     components: dict[str, Any] = {
         "format": CACHE_FORMAT,
@@ -161,13 +177,16 @@ def build_feature_cache(
     key = cache_key(components)
     existing = _read_index(out_dir)
     if existing is not None and existing.get("key") == key:
+        for name in existing["shards"]:  # a header read each: a set that changed on disk is not up to date
+            open_shard(out_dir / name)
         log.info("feature cache %s is up to date (key %s)", out_dir, key[:12])
         return out_dir
 
     entries = load_dataset(dataset_dir)
     batches = _batches(dataset_dir, entries, resolution_px, buckets, caption_kind, quality, limit, batch_size)
     shards = [f"shard-{n:05d}.safetensors" for n in range(len(batches))]
-    partial = out_dir.parent / f".partial-{out_dir.name}-{key[:12]}"
+    work_dir = Path(work_dir) if work_dir is not None else out_dir.parent / ".partial"
+    partial = work_dir / f"{out_dir.name}-{key[:12]}"
     partial.mkdir(parents=True, exist_ok=True)
     rank, world = _rank_and_world()
     todo = [n for n in range(rank, len(batches), world) if not (partial / shards[n]).is_file()]
@@ -183,9 +202,19 @@ def build_feature_cache(
             _write_shard(partial / shards[n], tensors, metadata)
     _barrier()
     if rank == 0:
-        _publish(partial, out_dir, _index(key, components, batches, [partial / name for name in shards]))
+        _publish(partial, out_dir, _index(key, components, batches, [partial / name for name in shards]), work_dir)
     _barrier()
     return out_dir
+
+
+def _refuse_outside(dataset_dir: Path) -> None:
+    """Refuse an entry whose path leaves the dataset folder (absolute or '..'), before any image is
+    read. Lexical, as prepare-data's check: a dataset checked out as symlinks into DVC's cache is fine."""
+    for i, entry in enumerate(load_dataset(dataset_dir)):
+        norm = posixpath.normpath(entry.path)
+        if posixpath.isabs(entry.path) or norm == ".." or norm.startswith("../"):
+            raise DatasetError(f"{dataset_dir / DATA_INFO}: entry {i}: path '{entry.path}' is outside the dataset "
+                               f"folder {dataset_dir}; prepare-data refuses such entries, so the file changed after it")
 
 
 def _batches(dataset_dir: Path, entries: Sequence[Entry], resolution_px: int, buckets: Buckets | None,
@@ -245,23 +274,22 @@ def _index(key: str, components: dict[str, Any], batches: Sequence[tuple[tuple[f
 
 def _merged_range(shards: Sequence[Path]) -> dict[str, list[float]]:
     """The cache's per-channel latent range from its shards' (exact: a min of mins)."""
-    ranges = []
-    for path in shards:
-        with safe_open(str(path), framework="pt") as f:
-            ranges.append(json.loads(f.metadata()["latent_range"]))
+    ranges = [json.loads(open_shard(path).metadata()["latent_range"]) for path in shards]
     return {"low": [min(c) for c in zip(*(r["low"] for r in ranges), strict=True)],
             "high": [max(c) for c in zip(*(r["high"] for r in ranges), strict=True)]}
 
 
-def _publish(partial: Path, out_dir: Path, index: dict[str, Any]) -> None:
+def _publish(partial: Path, out_dir: Path, index: dict[str, Any], work_dir: Path) -> None:
     """Replace ``out_dir`` by the finished shards and the index in one rename, then drop this set's
     work folders (this key's and any an interrupted build of another key left)."""
     with atomic.folder(out_dir) as tmp:
         for name in index["shards"]:
             _link_or_copy(partial / name, tmp / name)
         atomic.write_json(tmp / INDEX, index)
-    for work in out_dir.parent.glob(f".partial-{out_dir.name}-" + "?" * 12):
+    for work in work_dir.glob(f"{out_dir.name}-" + "?" * 12):
         shutil.rmtree(work, ignore_errors=True)
+    with contextlib.suppress(OSError):  # other sets' work folders may still be there
+        work_dir.rmdir()
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -270,6 +298,16 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:  # a file system without hard links
         shutil.copy2(src, dst)
+
+
+def open_shard(path: Path) -> Any:
+    """A shard, memory-mapped; one that is missing, truncated or not safetensors is refused by name
+    (safetensors checks that the header covers the file exactly)."""
+    try:
+        return safe_open(str(path), framework="pt")
+    except (OSError, SafetensorError) as exc:
+        raise DatasetError(f"{path}: feature shard does not open ({type(exc).__name__}: {exc}); it changed on disk "
+                           f"after it was written: delete {Path(path).parent} and rebuild it (dvc repro)") from None
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -323,7 +361,7 @@ class FeatureCache(torch.utils.data.Dataset):
 
     def _shard(self, n: int) -> Any:
         if n not in self._open:
-            self._open[n] = safe_open(str(self.dir / self.shards[n]), framework="pt")
+            self._open[n] = open_shard(self.dir / self.shards[n])
         return self._open[n]
 
     def __getitem__(self, i: int) -> dict[str, Any]:

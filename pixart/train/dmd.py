@@ -13,7 +13,6 @@ and the exported EMA generator is a diffusers pipeline like every stage's.
 from __future__ import annotations
 
 import itertools
-import shutil
 import time
 from pathlib import Path
 
@@ -163,7 +162,7 @@ def train_dmd(job: StageJob, pairs_file: Path) -> Path:
     sampler = AspectRatioBatchSampler(cache.ratios, micro * world, seed=train_cfg.seed, drop_last=True)
     null = tuple(t.to(device) for t in load_null_caption(job.features))
 
-    state = ResumableState(job.state_dir)
+    state = ResumableState(job.state_dir, companions=[FAKE_SCORE_DIR])
     start = state.resume(generator, ema, sampler)
     if start:
         fake_score.load_checkpoint(str(job.state_dir / FAKE_SCORE_DIR), tag=state.latest()[0],
@@ -173,7 +172,7 @@ def train_dmd(job: StageJob, pairs_file: Path) -> Path:
     run_params = {"stage": stage.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"),
                   "profile": job.profile_name, "model": job.profile.model, "world_size": world,
                   "resumed_from_step": start, "teacher_pairs": str(pairs_file)}
-    with tracking.stage_run(job.name, run_params, enabled=distributed.is_main()) as run:
+    with tracking.stage_run(job.name, run_params, enabled=distributed.is_main(), run_file=state.run_file) as run:
         run.set_tags({"data_version": job.data_version, "weak_input": stage.init_from, "one_step": "true"})
         seen, tick = 0, time.perf_counter()
         for step in range(start + 1, stage.steps + 1):
@@ -199,24 +198,16 @@ def train_dmd(job: StageJob, pairs_file: Path) -> Path:
                 run.log_metrics(metrics, step=step)
                 report_progress(job.name, step, stage.steps, train_cfg.log_every, metrics)
                 seen, tick = 0, time.perf_counter()
-            if step % train_cfg.save_every == 0 and step < stage.steps:
+            if step % train_cfg.save_every == 0 or step == stage.steps:
                 _save(state, generator, fake_score, ema, step, sampler)
 
         return export_ema(job, generator, ema, run)
 
 
 def _save(state: ResumableState, generator, fake_score, ema: EMA, step: int, sampler) -> None:
-    """The fake score's checkpoint first, the generator's (which moves the pointer) last: a kill in
-    between leaves the previous pointer, whose two checkpoints are complete. Fake-score tags the
-    generator's rotation dropped are removed."""
-    tag = step_tag(step)
-    fake_dir = state.dir / FAKE_SCORE_DIR
-    fake_score.save_checkpoint(str(fake_dir), tag=tag, save_latest=False)
+    """The fake score's checkpoint first, the generator's (which writes the manifest of both and moves
+    the pointer) last: a kill in between leaves the previous pointer, whose two checkpoints are
+    complete. The fake score is a companion of the state: its tags rotate with the generator's."""
+    fake_score.save_checkpoint(str(state.dir / FAKE_SCORE_DIR), tag=step_tag(step), save_latest=False)
     state.save(generator, step, ema, {"sampler": sampler.state_dict(), "ema_updates": ema.updates})
-    if distributed.is_main():
-        kept = {p.name for p in state.dir.glob("step-*")}
-        for old in fake_dir.glob("step-*"):
-            if old.name not in kept:
-                shutil.rmtree(old, ignore_errors=True)
-    distributed.barrier()
 

@@ -4,14 +4,20 @@ The folder appears in one rename (nothing half-written is ever the stage's outpu
 is written by diffusers' ``save_pretrained``; the frozen components are hard-linked from their
 source folders; ``model_index.json`` names our transformer class so that
 ``PixArtSigmaPipeline.from_pretrained`` rebuilds KV compression.
+
+The trainer checkpoints the last step before it exports, so a failed export (disk full) or a failed
+registration (MLflow down) costs no training: the errors name the folder or the store, say what is
+kept, and a re-run of the stage resumes at the last step and only exports and registers.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import diffusers
+from safetensors import SafetensorError
 
 from pixart import atomic, tracking
 from pixart.data.features import FeatureCache, feature_key
@@ -41,15 +47,27 @@ def model_index(text_encoder: Path) -> dict[str, Any]:
     }
 
 
+class ExportError(RuntimeError):
+    """The stage folder could not be written; the message names it and what is kept."""
+
+
 def write_pipeline(out_dir: Path, transformer: PixArtSigmaTransformer, job: StageJob, info: dict[str, Any]) -> None:
-    with atomic.folder(out_dir) as tmp:
-        transformer.save_pretrained(tmp / "transformer", safe_serialization=True)
-        dpm_solver_scheduler().save_pretrained(tmp / "scheduler")
-        link_tree(job.components.vae, tmp / "vae")
-        link_tree(job.components.text_encoder / "text_encoder", tmp / "text_encoder")
-        link_tree(job.components.text_encoder / "tokenizer", tmp / "tokenizer")
-        atomic.write_json(tmp / "model_index.json", model_index(tmp / "text_encoder"))
-        atomic.write_json(tmp / STAGE_FILE, info)
+    try:
+        with atomic.folder(out_dir) as tmp:
+            transformer.save_pretrained(tmp / "transformer", safe_serialization=True)
+            dpm_solver_scheduler().save_pretrained(tmp / "scheduler")
+            link_tree(job.components.vae, tmp / "vae")
+            link_tree(job.components.text_encoder / "text_encoder", tmp / "text_encoder")
+            link_tree(job.components.text_encoder / "tokenizer", tmp / "tokenizer")
+            atomic.write_json(tmp / "model_index.json", model_index(tmp / "text_encoder"))
+            atomic.write_json(tmp / STAGE_FILE, info)
+    # safetensors reports a full disk as its own error, not as an OSError
+    except (OSError, SafetensorError) as exc:
+        free = shutil.disk_usage(out_dir.parent).free
+        kept = f"the previous {out_dir} is kept" if out_dir.exists() else f"nothing was written to {out_dir}"
+        raise ExportError(f"{out_dir}: writing the stage folder failed ({type(exc).__name__}: {exc}; "
+                          f"{free / 2**20:.1f} MiB free on its file system); {kept}, and so is the resumable "
+                          f"checkpoint {job.state_dir}: re-run the stage to export it (it trains no step)") from exc
 
 
 def read_stage_info(stage_dir: Path) -> dict[str, Any]:
@@ -96,9 +114,13 @@ def export_stage(job: StageJob, transformer: PixArtSigmaTransformer, run: tracki
                            max_tokens=job.stage.max_tokens, precision=job.profile.train.precision)
         grid.save(job.out_dir / GRID_FILE)
         run.log_image(grid, "samples.png", step=job.stage.steps)
-    version = tracking.register_checkpoint(
-        run, job.out_dir, stage=job.name, weak_input_version=info["parent_version"], data_version=job.data_version
-    )
+    try:
+        version = tracking.register_checkpoint(
+            run, job.out_dir, stage=job.name, weak_input_version=info["parent_version"], data_version=job.data_version
+        )
+    except tracking.TrackingUnavailable as exc:
+        raise tracking.TrackingUnavailable(f"{exc}; {job.out_dir} and the resumable checkpoint {job.state_dir} are "
+                                           "kept: re-run the stage to register it (it trains no step)") from None
     atomic.write_json(job.out_dir / STAGE_FILE, {**info, "model_version": version})
     distributed.barrier()
     return job.out_dir

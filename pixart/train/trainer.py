@@ -4,6 +4,10 @@ One process on a laptop (gloo), many GPUs and nodes under the ``deepspeed`` laun
 (NCCL): the same loop. A stage starts from its weak input's exported weights (``init_from``) with a
 fresh optimizer, or resumes its own interrupted run from the last resumable checkpoint; it exports
 the EMA weights as a diffusers pipeline folder plus ``stage.json``.
+
+The last step is checkpointed like every ``save_every``-th before the export: a stage that fails to
+export or register (disk full, MLflow down) loses no step, and its re-run resumes at the last step,
+trains nothing, and exports and registers.
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ from pixart.train.export import export_stage
 from pixart.train.optim import build_optimizer, constant_with_warmup
 from pixart.train.weak_input import load_transformer
 
-# Crash drills (tests, retry rehearsals): the process SIGKILLs itself right after this step.
-_crash_at = int(os.environ.get("PIXART_SIGKILL_AFTER_STEP", "0")) or None
+# Crash drill (tests, retry rehearsals): the process SIGKILLs itself right after this step. Read when a
+# stage starts, not on import: a `pixart worker` imports this module once for every stage it forks.
+SIGKILL_AFTER_STEP_ENV = "PIXART_SIGKILL_AFTER_STEP"
 
 
 @dataclass
@@ -103,12 +108,13 @@ def train(job: StageJob) -> Path:
 
     state = ResumableState(job.state_dir)
     start = state.resume(engine, ema, sampler)
+    crash_at = int(os.environ.get(SIGKILL_AFTER_STEP_ENV, "0"))
 
     batches = _batches(sampler)
     run_params = {"stage": stage.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"),
                   "profile": job.profile_name, "model": job.profile.model, "world_size": world,
                   "resumed_from_step": start}
-    with tracking.stage_run(job.name, run_params, enabled=distributed.is_main()) as run:
+    with tracking.stage_run(job.name, run_params, enabled=distributed.is_main(), run_file=state.run_file) as run:
         run.set_tags({"data_version": job.data_version, "weak_input": stage.init_from or ""})
         seen, tick = 0, time.perf_counter()
         for step in range(start + 1, stage.steps + 1):
@@ -142,9 +148,9 @@ def train(job: StageJob) -> Path:
                 run.log_metrics(metrics, step=step)
                 report_progress(job.name, step, stage.steps, train_cfg.log_every, metrics)
                 seen, tick = 0, time.perf_counter()
-            if step % train_cfg.save_every == 0 and step < stage.steps:
+            if step % train_cfg.save_every == 0 or step == stage.steps:
                 state.save(engine, step, ema, {"sampler": sampler.state_dict(), "ema_updates": ema.updates})
-            if step == _crash_at:
+            if step == crash_at:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         return export_ema(job, engine, ema, run)
@@ -183,7 +189,7 @@ def import_official(job: StageJob) -> Path:
     transformer = load_transformer(job, job.components)
     run_params = {"stage": job.stage.model_dump(mode="json"), "profile": job.profile_name,
                   "model": job.profile.model}
-    with tracking.stage_run(job.name, run_params) as run:
+    with tracking.stage_run(job.name, run_params, run_file=ResumableState(job.state_dir).run_file) as run:
         run.set_tags({"data_version": job.data_version, "pretrained": str(job.stage.pretrained)})
         return export_stage(job, transformer, run)
 
