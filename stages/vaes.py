@@ -20,7 +20,9 @@ def main() -> None:
         sizes = sorted({ctx.profile.pixels(s) for s in ctx.profile.stages.values() if s.vae == name})
         tracking.configure(ctx.settings)
         params = {"profile": ctx.profile_name, "vae": cfg.model_dump(mode="json"), "sizes": sizes}
-        with tracking.stage_run(f"vae-{name}", params) as run:
+        # run.json beside the VAE's cache: a re-run after a kill closes the killed attempt's MLflow run
+        run_file = ctx.paths.state(f"vae-{name}") / "run.json"
+        with tracking.stage_run(f"vae-{name}", params, run_file=run_file) as run:
             quality[name] = train_vae(name, cfg, ctx.profile.train, ctx.paths.train_dataset(ctx.profile),
                                       ctx.paths.heldout_data, sizes, out, run)
         print(f"vae-{name}: held-out reconstruction {quality[name]} -> {out}")
