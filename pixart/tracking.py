@@ -123,6 +123,9 @@ class _Context:
 _context: _Context | None = None
 
 
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def configure(settings: Settings | None = None) -> str:
     """Point mlflow at ``settings`` (default: the environment's) and get or create the experiment.
 
@@ -146,6 +149,10 @@ def configure(settings: Settings | None = None) -> str:
                 ),
                 lambda: client.get_experiment_by_name(settings.experiment).experiment_id,
             )
+        # MLflow 3 opens an experiment of unknown kind on its GenAI overview ("Traces 0"); ours holds
+        # training runs, so it says so and the UI opens on the runs
+        if (experiment and experiment.tags.get(EXPERIMENT_KIND_TAG)) != TRAINING_KIND:
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
     _context = _Context(settings, client, experiment_id)
     return experiment_id
 
@@ -337,7 +344,7 @@ def curriculum_run(name: str, params: Mapping[str, Any]) -> Iterator[str]:
     processes it starts (``dvc repro``) nest under it.
     """
     ctx = _ctx()
-    run = ctx.client.create_run(ctx.experiment_id, run_name=name, tags=_parent_tags(name))
+    run = ctx.client.create_run(ctx.experiment_id, run_name=parent_run_name(name), tags=_parent_tags(name))
     run_id = run.info.run_id
     _log_params(ctx.client, run_id, params)
     previous = os.environ.get(PARENT_RUN_ENV)
@@ -354,6 +361,11 @@ def curriculum_run(name: str, params: Mapping[str, Any]) -> Iterator[str]:
             os.environ.pop(PARENT_RUN_ENV, None)
         else:
             os.environ[PARENT_RUN_ENV] = previous
+
+
+def parent_run_name(curriculum: str) -> str:
+    """What the UI lists a curriculum run as: its profile and the commit it ran, e.g. ``tiny @ 1a2b3c4``."""
+    return f"{curriculum} @ {git_commit()}"
 
 
 def _parent_tags(curriculum: str) -> dict[str, str]:
@@ -388,7 +400,7 @@ def _parent_run_id(ctx: _Context, explicit: str | None, curriculum: str | None) 
     if found:
         return found[0].info.run_id
     # A grouping run that no process holds open: it is finished from the start.
-    run = ctx.client.create_run(ctx.experiment_id, run_name=curriculum, tags=tags)
+    run = ctx.client.create_run(ctx.experiment_id, run_name=parent_run_name(curriculum), tags=tags)
     ctx.client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
 
@@ -552,12 +564,13 @@ def set_alias(alias: str, version: str) -> None:
 
 
 def register_checkpoint(
-    run: StageRun, local_dir: Path, *, stage: str, weak_input_version: str | None, data_version: str
+    run: StageRun, local_dir: Path, *, stage: str, weak_input_version: str | None, data_version: str,
+    description: str = "",
 ) -> str:
     """Log ``local_dir`` under the run's ``checkpoint`` artifacts and register it as a new version
     of the registered model, tagged stage / weak_input / git_commit / data_version, with alias
     ``stage``. ``weak_input_version`` is the weak input's version (or its stage alias); None for a
-    root. Returns the new version number."""
+    root. ``description`` is what the registry's UI shows for the version. Returns the new version number."""
     if not run.enabled:
         raise RuntimeError(
             f"register_checkpoint({stage}): the stage run is disabled (rank != 0); "
@@ -577,7 +590,8 @@ def register_checkpoint(
             lambda: ctx.client.create_registered_model(name), lambda: ctx.client.get_registered_model(name)
         )
         created = ctx.client.create_model_version(
-            name, source=f"{run.artifact_uri}/{CHECKPOINT_ARTIFACT}", run_id=run.run_id, tags=_tags(tags)
+            name, source=f"{run.artifact_uri}/{CHECKPOINT_ARTIFACT}", run_id=run.run_id, tags=_tags(tags),
+            description=description or None,
         )
         version = str(created.version)
         ctx.client.set_registered_model_alias(name, stage, version)
@@ -651,6 +665,10 @@ def log_version_metrics(stage_or_version: str, metrics: Mapping[str, float]) -> 
         ctx.client.set_model_version_tag(
             mv.name, str(mv.version), f"{METRIC_TAG_PREFIX}{key}", str(float(value))
         )
+    # the description keeps its first line (what the stage is) and shows the latest PixEval below it
+    shown = ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items())
+    head = (mv.description or f"stage {mv.tags.get('stage', '')}").split("\nPixEval: ")[0]
+    ctx.client.update_model_version(mv.name, str(mv.version), description=f"{head}\nPixEval: {shown}")
     if mv.run_id:
         now = int(time.time() * 1000)
         ctx.client.log_batch(mv.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])

@@ -69,6 +69,8 @@ def test_dmd_stage_exports_a_one_step_pipeline(tmp_path):
     assert sorted(p.name for p in (tmp_path / "state/fake-score").glob("step-*")) == ["step-00000002", "step-00000003"]
     info = json.loads((out / "stage.json").read_text())
     assert info["parent"] == "aes-512" and info["model_version"]
+    described = tracking._ctx().client.get_model_version("pixart-sigma", info["model_version"]).description
+    assert described.startswith("dmd: ") and "weak input aes-512" in described
     assert one_step_t_gen(out) == 400 and one_step_t_gen(teacher) is None
     images = sample_one_step(out, ["a small red circle on the left"], t_gen=400, height=DEBUG_IMAGE_SIDE,
                              width=DEBUG_IMAGE_SIDE, max_tokens=16)

@@ -87,6 +87,19 @@ def latent_range(job: StageJob) -> dict[str, list[float]] | None:
     return {"low": [v * scale for v in low], "high": [v * scale for v in high]}
 
 
+def version_description(job: StageJob, parent_version: str | None) -> str:
+    """The registry's one-line account of a stage's checkpoint: what the stage changes and what it
+    started from; PixEval appends its scores later (``tracking.log_version_metrics``)."""
+    stage = job.stage
+    what = stage.description or {"import": "imported official weights", "dmd": "one-step DMD generator"}.get(
+        stage.kind, "training stage")
+    source = (f"weak input {stage.init_from} (version {parent_version})" if stage.init_from
+              else f"from {stage.pretrained}" if stage.pretrained else "from scratch")
+    steps = f", {stage.steps} steps at batch {stage.batch_size}" if stage.steps else ""
+    return (f"{job.name}: {what}; {source}; {stage.resolution} px nominal ({job.profile.pixels(stage)} px), "
+            f"{stage.caption} captions, {stage.max_tokens} tokens{steps}; profile {job.profile_name}")
+
+
 def export_stage(job: StageJob, transformer: PixArtSigmaTransformer, run: tracking.StageRun) -> Path:
     """Write the stage folder, register it as a version of the registered model with the stage's
     alias, and record the version in ``stage.json``."""
@@ -116,7 +129,8 @@ def export_stage(job: StageJob, transformer: PixArtSigmaTransformer, run: tracki
         run.log_image(grid, "samples.png", step=job.stage.steps)
     try:
         version = tracking.register_checkpoint(
-            run, job.out_dir, stage=job.name, weak_input_version=info["parent_version"], data_version=job.data_version
+            run, job.out_dir, stage=job.name, weak_input_version=info["parent_version"], data_version=job.data_version,
+            description=version_description(job, info["parent_version"]),
         )
     except tracking.TrackingUnavailable as exc:
         raise tracking.TrackingUnavailable(f"{exc}; {job.out_dir} and the resumable checkpoint {job.state_dir} are "
