@@ -91,12 +91,16 @@ def _generate(
     """All images (uint8 NHWC) and the seconds per image. Batch ``i`` uses seed ``seed + i``, so an
     image depends on the prompt list and seed only. A one-step generator (``t_gen``) samples in one
     step from its own timestep, without CFG (its teacher's guidance is distilled in)."""
+    from tqdm.auto import tqdm
+
     from pixart.diffusion.one_step import sample_one_step
     from pixart.diffusion.sampling import sample
 
     images = []
     start = time.perf_counter()
-    for i, first in enumerate(range(0, len(prompts), batch_size)):
+    # a 2K stage renders for minutes on a CPU: the bar says how far it is
+    batches = list(enumerate(range(0, len(prompts), batch_size)))
+    for i, first in tqdm(batches, desc=f"pixeval: rendering {len(prompts)} images", unit="batch", leave=False):
         batch = prompts[first : first + batch_size]
         if t_gen is None:
             images += sample(pipeline, batch, seed=seed + i, steps=steps, cfg=cfg, **size)
