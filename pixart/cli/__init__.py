@@ -11,7 +11,7 @@ import typer
 app = typer.Typer(help="PixArt-Sigma weak-to-strong curriculum.", no_args_is_help=True, add_completion=False)
 
 # One entry per command module; order is the order of --help.
-_MODULES = ("config", "dag", "model", "pretrained", "data", "train", "worker", "plan", "tracking", "eval")
+_MODULES = ("config", "dag", "model", "pretrained", "data", "train", "worker", "plan", "tracking", "eval", "report")
 
 for _name in _MODULES:
     importlib.import_module(f"pixart.cli.{_name}").register(app)
