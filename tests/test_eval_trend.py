@@ -1,11 +1,17 @@
-"""The weak-to-strong FID gain and its paired bootstrap interval, on synthetic features."""
+"""The weak-to-strong FID gain and its paired bootstrap interval, on synthetic features and on real
+images with a known order (the images themselves beat their blurred copies)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
-from pixart.eval.fid import compute_statistics, frechet_distance_to
+from pixart.data.generate import generate_dataset
+from pixart.eval.backbones import EfficientNetLite0
+from pixart.eval.fid import compute_statistics, extract_features, frechet_distance_to
+from pixart.eval.pixeval import reference_images
 from pixart.eval.trend import fid_gain
 
 D = 32
@@ -42,6 +48,21 @@ def test_two_samples_of_one_distribution_give_an_interval_around_zero(sets) -> N
     gain = fid_gain(a, b, reference, n_resamples=300)
     assert gain["fid_gain_low"] < 0 < gain["fid_gain_high"]
     assert 0.05 < gain["fid_gain_share"] < 0.95
+
+
+def test_real_images_gain_over_their_blurred_copies_and_the_reverse_loses(tmp_path) -> None:
+    torch.set_num_threads(2)
+    generate_dataset(tmp_path / "heldout", n=32, seed=0, resolution_px=64, split="heldout")
+    images = reference_images(tmp_path / "heldout", 64)
+    backbone = EfficientNetLite0()
+    half = len(images) // 2
+    reference = compute_statistics(extract_features(images[:half], backbone))
+    strong = extract_features(images[half:], backbone).numpy()
+    # the same images, row for row, blurred: what an under-trained stage's soft samples look like
+    weak = extract_features(F.avg_pool2d(images[half:], 5, stride=1, padding=2), backbone).numpy()
+    gain = fid_gain(weak, strong, reference, n_resamples=200)
+    assert gain["fid_gain_low"] > 0 and gain["fid_gain_share"] == 1.0, gain
+    assert fid_gain(strong, weak, reference, n_resamples=200)["fid_gain_high"] < 0
 
 
 def test_unpaired_sets_are_refused(sets) -> None:
