@@ -54,7 +54,7 @@ def count(model: torch.nn.Module) -> int:
 
 
 def test_get_spec_names_known_specs_on_error() -> None:
-    with pytest.raises(KeyError, match="xl, tiny, debug"):
+    with pytest.raises(KeyError, match="xl, xl-rehearsal, tiny, debug"):
         get_spec("XXL")
 
 
