@@ -24,7 +24,8 @@ from pixart import atomic
 _CHUNK = 1 << 24
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 hex of a file, read in 16 MiB chunks (weights and checkpoints are GBs)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -77,7 +78,7 @@ def folder_hash(path: str | Path, *, memo_dir: str | Path | None = None) -> str:
     for rel in _files(folder):
         stamp, known = _stamp(folder / rel), memo.get(rel)
         fresh = known is not None and known["stamp"] == stamp
-        files[rel] = known if fresh else {"stamp": stamp, "sha256": _file_sha256(folder / rel)}
+        files[rel] = known if fresh else {"stamp": stamp, "sha256": file_sha256(folder / rel)}
     if files != memo:
         atomic.write_json(memo_path, {"folder": str(folder), "files": files})
     lines = "".join(f"{rel}\0{entry['sha256']}\n" for rel, entry in files.items())

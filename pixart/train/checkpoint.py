@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pixart import atomic
+from pixart.hashing import file_sha256
 from pixart.train import distributed
 
 KEEP = 2
@@ -41,7 +42,6 @@ MANIFEST_SUFFIX = ".manifest.json"
 RUN_FILE = "run.json"
 # Crash drill (tests): SIGKILL inside the save of this step, after DeepSpeed wrote its part of the tag.
 SIGKILL_IN_SAVE_ENV = "PIXART_SIGKILL_IN_SAVE"
-_CHUNK = 1 << 24
 
 
 def step_tag(step: int) -> str:
@@ -57,13 +57,6 @@ class ResumeError(RuntimeError):
     """The last checkpoint cannot be resumed by this run; the message says why and what to do."""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _describe(root: Path, files: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Size and sha256 of ``files`` (relative to ``root``), rank r hashing every world-th file and the
@@ -75,7 +68,7 @@ def _describe(root: Path, files: Sequence[str]) -> dict[str, dict[str, Any]]:
     same, once per attempt."""
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     world = distributed.world_size()
-    mine = {rel: {"size": (root / rel).stat().st_size, "sha256": _sha256(root / rel)} for rel in files[rank::world]}
+    mine = {rel: {"size": (root / rel).stat().st_size, "sha256": file_sha256(root / rel)} for rel in files[rank::world]}
     if world == 1:
         return mine
     gathered: list[dict[str, dict[str, Any]] | None] = [None] * world
