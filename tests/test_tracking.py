@@ -306,11 +306,11 @@ def test_metrics_the_store_does_not_take_are_dropped_counted_and_warned_about_on
 def test_the_ui_opens_on_runs_names_the_parent_run_and_describes_each_version(embedded, client, tmp_path):
     experiment = client.get_experiment(tracking._ctx().experiment_id)
     assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"  # not the GenAI overview
-    with tracking.curriculum_run("smoke", {"profile": "smoke"}) as parent:
-        with tracking.stage_run("aes-512", {"stage": {"steps": 2}}, data_version="d1") as run:
-            version = tracking.register_checkpoint(
-                run, make_checkpoint(tmp_path / "aes", "aes-512"), stage="aes-512", weak_input_version=None,
-                data_version="d1", description="aes-512: high-aesthetic data; weak input align (version 3)")
+    with (tracking.curriculum_run("smoke", {"profile": "smoke"}) as parent,
+          tracking.stage_run("aes-512", {"stage": {"steps": 2}}, data_version="d1") as run):
+        version = tracking.register_checkpoint(
+            run, make_checkpoint(tmp_path / "aes", "aes-512"), stage="aes-512", weak_input_version=None,
+            data_version="d1", description="aes-512: high-aesthetic data; weak input align (version 3)")
     assert client.get_run(parent).info.run_name == f"smoke @ {tracking.git_commit()}"
     tracking.log_version_metrics(version, {"fid": 12.5, "clip_score": 0.27})
     tracking.log_version_metrics(version, {"fid": 11.0})  # a PixEval re-run replaces the line, keeps the head
