@@ -208,7 +208,7 @@ def test_folder_hash_reads_a_file_again_only_when_it_changes(tmp_path, monkeypat
     (folder / "sub" / "weights.safetensors").write_bytes(b"\0" * 1000)
     listing = sorted(folder.rglob("*"))
 
-    reads = _counting(monkeypatch, hashing, "_file_sha256")
+    reads = _counting(monkeypatch, hashing, "file_sha256")
     first = hashing.folder_hash(folder, memo_dir=memo)
     assert len(reads) == 2
     assert hashing.folder_hash(folder, memo_dir=memo) == first and len(reads) == 2  # stats only
