@@ -5,9 +5,11 @@ import re
 import subprocess
 import time
 
+import numpy as np
 import pytest
 
 from pixart.config import load_profile
+from pixart.eval.judge import MIN_HELD_OUT_ACCURACY
 from tests.conftest import REPO, dvc
 
 pytestmark = pytest.mark.slow
@@ -27,8 +29,10 @@ def test_smoke_curriculum_builds_every_stage(smoke_run):
     assert stats["dense"]["avg_nouns_per_image"] > stats["raw"]["avg_nouns_per_image"]
     vaes = json.loads((smoke_run.root / "metrics/vaes.json").read_text())
     assert set(vaes) == {"old", "new"}
+    # pixels in [-1, 1] bound an MSE by 4; smoke's 2-step VAEs learn nothing to speak of, so that
+    # they do learn is pinned by tests/test_train_vae.py
     for errors in vaes.values():
-        assert 0.0 < errors["heldout_mse"] and 0.0 < errors["heldout_object_mse"] < 10.0, vaes
+        assert 0.0 < errors["heldout_mse"] <= 4.0 and 0.0 < errors["heldout_object_mse"] <= 4.0, vaes
     print(f"smoke dvc repro: {smoke_run.seconds:.0f} s")
 
 
@@ -70,11 +74,35 @@ def test_dmd_exports_a_one_step_generator_and_pixeval_scores_every_stage(smoke_r
     report = json.loads((smoke_run.root / "metrics/pixeval.json").read_text())
     assert set(report) == set(SMOKE.stages)
     for name, metrics in report.items():
-        assert metrics["fid"] >= 0.0 and metrics["vae_ceiling_fid"] >= 0.0, (name, metrics)
-        alignment = metrics["alignment"]  # smoke's 2-step judge is refused: that is said, not scored
-        assert (0.0 <= alignment <= 1.0) if isinstance(alignment, float) else alignment.startswith("judge refused")
+        assert metrics["fid"] > 0.0 and metrics["vae_ceiling_fid"] > 0.0, (name, metrics)
+        # smoke's judge passes its gate (tests/test_eval_judge.py pins its steps): numbers, not refusals
+        assert metrics["judge_accuracy"] >= MIN_HELD_OUT_ACCURACY, (name, metrics)
+        for key in ("alignment", "alignment_shuffled", "vae_ceiling_alignment"):
+            assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0, (name, key, metrics)
+    trend = json.loads((smoke_run.root / "metrics/pixeval_trend.json").read_text())
+    diffusion = [name for name, s in SMOKE.stages.items() if s.kind != "dmd"]
+    assert (trend["weak"], trend["strong"]) == (diffusion[0], diffusion[-1])
+    assert trend["fid_gain"] == pytest.approx(report[diffusion[0]]["fid"] - report[diffusion[-1]]["fid"])
     plot = (smoke_run.root / "metrics/pixeval_plot.csv").read_text().splitlines()
     assert plot[0].startswith("stage,fid") and len(plot) == 1 + len(SMOKE.stages)
+    assert all(row.split(",")[2] for row in plot[1:]), plot  # no blank alignment cell: the judge scored
+
+
+def test_pixevals_judge_reads_real_heldout_images_far_above_chance(smoke_run):
+    from PIL import Image
+
+    from pixart.data.format import load_dataset
+    from pixart.eval.judge import Judge
+
+    judge = Judge.load(smoke_run.root / "outputs/judge")
+    heldout = smoke_run.root / "data/heldout"
+    square = [e for e in load_dataset(heldout) if e.height == e.width]
+    images = np.stack([np.asarray(Image.open(heldout / e.path).convert("RGB")) for e in square])
+    scenes = [e.scene for e in square]
+    own = float(judge.alignment(images, scenes).mean())
+    shuffled = float(judge.alignment(images, scenes[1:] + scenes[:1]).mean())
+    # measured with smoke's 100-step judge on its 4 square held-out images: 0.79 against 0.10
+    assert len(square) >= 2 and own > shuffled + 0.4, (own, shuffled)
 
 
 def test_registry_holds_one_aliased_version_per_stage_with_lineage(smoke_run):

@@ -4,19 +4,21 @@ real judges (an under-trained one that refuses, a trained one under `slow`)."""
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from pixart import tracking
 from pixart.config import load_profile
 from pixart.data.format import load_dataset
 from pixart.data.generate import generate_dataset
 from pixart.eval.backbones import build_backbone
+from pixart.eval.fid import extract_features, frechet_distance_to
 from pixart.eval.judge import MIN_HELD_OUT_ACCURACY, Judge, train_judge
 from pixart.eval.pixeval import (
     ensure_judge,
@@ -91,14 +93,20 @@ def test_heldout_prompts_are_dense_captions_and_the_reference_is_the_high_qualit
         reference_images(low_only, 48)
 
 
-def test_evaluate_stage_gives_finite_repeatable_numbers_and_an_untrusted_judge_refuses(
+def test_evaluate_stage_gives_repeatable_numbers_far_from_real_images_and_an_untrusted_judge_refuses(
     stage_dir, heldout, backbone, weak_judge, tmp_path
 ) -> None:
     accuracy = weak_judge.report.held_out_accuracy
     assert accuracy < MIN_HELD_OUT_ACCURACY
 
     metrics = _evaluate(stage_dir, heldout, backbone, weak_judge, grid_path=tmp_path / "grid.png")
-    assert math.isfinite(metrics["fid"]) and metrics["fid"] > 0
+    reference = reference_statistics(heldout.dataset_dir, SIDE, backbone)
+    assert frechet_distance_to(extract_features(reference_images(heldout.dataset_dir, SIDE), backbone), reference) \
+        <= 1e-6 * np.trace(reference.sigma)  # the reference against itself
+    generate_dataset(tmp_path / "other", n=16, seed=1, resolution_px=64)
+    other_real = frechet_distance_to(extract_features(reference_images(tmp_path / "other", SIDE), backbone), reference)
+    # an untrained stage draws noise: measured 391 against other real scenes' 95
+    assert metrics["fid"] > 2 * other_real, (metrics["fid"], other_real)
     assert metrics["seconds_per_image"] > 0
     assert metrics["n_images"] == N_PROMPTS
     assert metrics["alignment"] == f"judge refused: {accuracy:.3f}"
@@ -164,17 +172,30 @@ def curriculum(tmp_path: Path, stage_dir: Path, monkeypatch: pytest.MonkeyPatch)
     generate_dataset(paths.train_data, n=30, seed=0, resolution_px=32)
     generate_dataset(paths.heldout_data, n=4, seed=0, resolution_px=32, split="heldout")
     _, smoke = load_profile("smoke")
-    stages = {name: smoke.stages[name] for name in ("base", "dmd")}
+    stages = {name: smoke.stages[name] for name in ("base", "align", "dmd")}
     profile = smoke.model_copy(update={
         "stages": stages, "pixeval": smoke.pixeval.model_copy(update={"steps": 2, "judge_steps": 1}),
     })  # fmt: skip
     shutil.copytree(stage_dir, paths.stage("base"))
-    with tracking.stage_run("base", {"profile": "smoke"}) as run:
-        version = tracking.register_checkpoint(
-            run, paths.stage("base"), stage="base", weak_input_version=None, data_version="test"
-        )
-    (paths.stage("base") / "stage.json").write_text(json.dumps({"stage": "base", "model_version": version}))
+    _moved_transformer(stage_dir, paths.stage("align"))
+    version = None
+    for name in ("base", "align"):
+        with tracking.stage_run(name, {"profile": "smoke"}) as run:
+            version = tracking.register_checkpoint(
+                run, paths.stage(name), stage=name, weak_input_version=version, data_version="test"
+            )
+        (paths.stage(name) / "stage.json").write_text(json.dumps({"stage": name, "model_version": version}))
     return StageContext("smoke", profile, settings, paths, None)
+
+
+def _moved_transformer(src: Path, dst: Path) -> None:
+    """A copy of pipeline ``src`` whose transformer weights moved by seeded noise, as a training stage
+    moves its weak input's: other images from the same prompts and seeds."""
+    shutil.copytree(src, dst)
+    weights = dst / "transformer" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    g = torch.Generator().manual_seed(1)
+    save_file({k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in tensors.items()}, weights)
 
 
 def test_pixeval_stage_evaluates_trained_stages_logs_them_in_the_registry_and_adds_dmd_when_present(
@@ -184,10 +205,12 @@ def test_pixeval_stage_evaluates_trained_stages_logs_them_in_the_registry_and_ad
 
     paths = curriculum.paths
     results, trend = evaluate_curriculum(curriculum)
-    assert list(results) == ["base"]  # dmd has no folder yet: skipped
-    # this profile's only diffusion stage is both ends of the trend: no gain, however resampled
-    assert (trend["weak"], trend["strong"]) == ("base", "base")
-    assert trend["fid_gain"] == trend["fid_gain_low"] == trend["fid_gain_high"] == 0.0
+    assert list(results) == ["base", "align"]  # dmd has no folder yet: skipped
+    # the trend runs from the first diffusion stage to the last: their FID difference, resampled
+    assert (trend["weak"], trend["strong"]) == ("base", "align")
+    assert results["base"]["fid"] != results["align"]["fid"]
+    assert trend["fid_gain"] == pytest.approx(results["base"]["fid"] - results["align"]["fid"], rel=1e-9)
+    assert trend["fid_gain_low"] < trend["fid_gain_high"]
     assert results["base"]["alignment"].startswith("judge refused: ")
     registered = tracking.model_version("base")["metrics"]
     assert registered["fid"] == pytest.approx(results["base"]["fid"])
@@ -201,8 +224,8 @@ def test_pixeval_stage_evaluates_trained_stages_logs_them_in_the_registry_and_ad
 
     shutil.copytree(paths.stage("base"), paths.stage("dmd"))
     results, trend = evaluate_curriculum(curriculum)
-    assert list(results) == ["base", "dmd"]
-    assert trend["strong"] == "base"  # the one-step generator is not the curriculum's strong end
+    assert list(results) == ["base", "align", "dmd"]
+    assert trend["strong"] == "align"  # the one-step generator is not the curriculum's strong end
     assert judge_weights.stat().st_mtime_ns == trained_at  # same data and steps: the judge is reused
     # dmd samples in one step without CFG, base in two with CFG: the same weights give other images
     assert results["dmd"]["fid"] != results["base"]["fid"]
