@@ -257,6 +257,10 @@ class Profile(_Strict):
             if stage.vae not in self.vaes:
                 raise ValueError(f"stages.{name}.vae: '{stage.vae}' is not one of vaes {sorted(self.vaes)}")
             seen.append(name)
+        unused = sorted(set(self.vaes) - {s.vae for s in self.stages.values()})
+        if unused:
+            # a VAE no stage encodes with has no size to be trained or checked at
+            raise ValueError(f"vaes: {unused} not used by any stage; remove them or name them in a stage's 'vae'")
         gen = self.data.generator
         if self.data.source == "generated" and gen is not None:
             top = max((self.pixels(s) for s in self.stages.values()), default=0)

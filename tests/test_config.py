@@ -56,6 +56,13 @@ def test_weak_input_must_be_an_earlier_stage(tmp_path):
         load_profile("tiny", bad)
 
 
+def test_a_vae_no_stage_uses_is_refused_by_name(tmp_path):
+    # it used to reach the vaes stage and die in numpy ("a cannot be empty") with no VAE named
+    bad = _write(tmp_path, lambda raw: raw["profiles"]["tiny"]["vaes"].update(spare={"config": "new", "steps": 1}))
+    with pytest.raises(ParamsError, match=r"vaes: \['spare'\] not used by any stage"):
+        load_profile("tiny", bad)
+
+
 def test_smoke_extends_tiny_and_overrides_only_what_it_names():
     _, tiny = load_profile("tiny")
     _, smoke = load_profile("smoke")
