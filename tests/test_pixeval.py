@@ -258,3 +258,25 @@ def test_a_trusted_judge_scores_alignment_and_shuffled_prompts_score_lower_on_re
     real = np.stack([np.asarray(Image.open(tmp_path / "train" / e.path).convert("RGB")) for e in square])
     on_real = _alignment(judge, real, [e.scene for e in square])
     assert on_real["alignment"] > on_real["alignment_shuffled"] + 0.2, on_real
+
+
+class _CountingJudge:
+    """Scores every image 1 and remembers which scenes it was asked about."""
+
+    def __init__(self) -> None:
+        self.report = type("Report", (), {"held_out_accuracy": 1.0})()
+        self.asked: list = []
+
+    def alignment(self, images, scenes):
+        self.asked.append(list(scenes))
+        return torch.ones(len(images))
+
+
+def test_the_vae_ceilings_alignment_reads_square_scenes_only(stage_dir, heldout, backbone) -> None:
+    # a square crop of a non-square scene cuts away cells its prompt names: no ceiling can be read there
+    square = [e.scene for e in heldout.entries if e.height == e.width]
+    assert 2 <= len(square) < len(heldout.entries), "the fixture needs both square and non-square scenes"
+    judge = _CountingJudge()
+    reference = reference_statistics(heldout.dataset_dir, SIDE, backbone)
+    ceiling = vae_ceiling(stage_dir / "vae", heldout, SIDE, reference, backbone, judge)
+    assert judge.asked[0] == square and ceiling["vae_ceiling_alignment"] == 1.0
