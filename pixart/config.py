@@ -34,6 +34,10 @@ class GeneratorConfig(_Strict):
     n_heldout: int = Field(ge=0, description="Held-out scenes whose prompts PixEval uses.")
     seed: int = 0
     max_objects: int = Field(2, ge=1, description="Objects per scene, 1..max_objects.")
+    size_fraction: dict[str, float] | None = Field(
+        None, description="Fraction of a grid cell's shorter side that a small and a large object span; "
+        "null = the scene generator's (pixart.data.scenes.SceneSpec).",
+    )
     low_quality_fraction: float = Field(
         0.3, ge=0, le=1, description="Share of degraded images (blur, JPEG, noise): the non-aesthetic tier."
     )

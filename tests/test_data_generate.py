@@ -96,3 +96,20 @@ def test_bad_data_info_names_file_and_entry(tmp_path):
         load_dataset(tmp_path / "e")
     with pytest.raises(DatasetError, match="not found"):
         load_dataset(tmp_path / "missing")
+
+
+def test_size_fraction_sets_how_much_of_its_cell_an_object_covers():
+    scene = Scene("white", (SceneObject("square", "blue", "large", "center"),))
+
+    def covered(spec: SceneSpec) -> float:
+        img = np.asarray(render_scene(scene, 96, 96, spec), dtype=np.float32)
+        return float((np.abs(img - 245).sum(axis=-1) > 60).mean())
+
+    default, big = covered(SceneSpec()), covered(SceneSpec(size_fraction={"small": 0.6, "large": 1.0}))
+    # a square spans size_fraction / sqrt(2) of the cell's side, and the cell a third of the image's
+    assert default == pytest.approx((0.85 / 2**0.5 / 3) ** 2, rel=0.15)
+    assert big == pytest.approx((1.0 / 2**0.5 / 3) ** 2, rel=0.15)
+    with pytest.raises(ValueError, match="size_fraction"):
+        SceneSpec(size_fraction={"small": 0.6})
+    with pytest.raises(ValueError, match="size_fraction"):
+        SceneSpec(size_fraction={"small": 0.6, "large": 1.5})

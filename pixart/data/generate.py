@@ -24,8 +24,9 @@ from pixart.data.scenes import (
 
 def spec_from_generator(generator: object, **overrides: object) -> SceneSpec:
     """A SceneSpec from params.yaml's ``data.generator`` section (pixart.config.GeneratorConfig)."""
-    fields = ("max_objects", "low_quality_fraction", "square_fraction", "raw_wrong_prob")
-    return SceneSpec(**{f: getattr(generator, f) for f in fields}, **overrides)
+    fields = ("max_objects", "size_fraction", "low_quality_fraction", "square_fraction", "raw_wrong_prob")
+    given = {f: getattr(generator, f) for f in fields if getattr(generator, f) is not None}
+    return SceneSpec(**given, **overrides)
 
 
 def image_size(ratio: float, short_side: int) -> tuple[int, int]:

@@ -38,8 +38,6 @@ _WHERE = {
     "bottom right": "in the bottom right corner",
 }
 _COUNTS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-# Fraction of the grid cell's shorter side that an object spans.
-_SIZE_FRACTION = {"small": 0.45, "large": 0.85}
 
 
 class SceneSpec(BaseModel):
@@ -64,6 +62,10 @@ class SceneSpec(BaseModel):
         description="Background colour names and their RGB.",
     )
     max_objects: int = Field(2, ge=1, le=len(POSITIONS), description="Objects per scene, 1..max_objects.")
+    size_fraction: dict[str, float] = Field(
+        default_factory=lambda: {"small": 0.45, "large": 0.85},
+        description=f"Fraction of the grid cell's shorter side that an object of each size in {SIZES} spans.",
+    )
     raw_wrong_prob: float = Field(0.2, ge=0, le=1, description="Chance that a raw caption names a wrong colour.")
     raw_omit_prob: float = Field(0.5, ge=0, le=1, description="Chance that a raw caption drops an attribute.")
     low_quality_fraction: float = Field(0.3, ge=0, le=1, description="Share of degraded images (quality 'low').")
@@ -80,6 +82,8 @@ class SceneSpec(BaseModel):
             raise ValueError("colors: need at least two, or a raw caption cannot name a wrong one")
         if not self.backgrounds:
             raise ValueError("backgrounds: need at least one")
+        if set(self.size_fraction) != set(SIZES) or not all(0 < f <= 1 for f in self.size_fraction.values()):
+            raise ValueError(f"size_fraction: {self.size_fraction} needs each of {SIZES} in (0, 1]")
         if not self.min_ratio <= 1 <= self.max_ratio:
             raise ValueError(f"min_ratio..max_ratio ({self.min_ratio}..{self.max_ratio}) must contain 1")
         return self
@@ -194,7 +198,7 @@ def _draw_object(canvas: Image.Image, obj: SceneObject, spec: SceneSpec, height:
     row, col = divmod(POSITIONS.index(obj.position), 3)
     cell_h, cell_w = height / 3, width / 3
     cx, cy = (col + 0.5) * cell_w, (row + 0.5) * cell_h
-    r = 0.5 * _SIZE_FRACTION[obj.size] * min(cell_h, cell_w)
+    r = 0.5 * spec.size_fraction[obj.size] * min(cell_h, cell_w)
     fill = spec.colors[obj.color]
     # Draw on a patch around the object only: full-canvas layers at 4x supersampling of a 4:1 image
     # would cost tens of megapixels per object.
