@@ -19,7 +19,6 @@ by ``pixart dag --check`` and by every stage DVC starts. This module writes YAML
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import yaml
 from pixart import atomic
 from pixart.config import PARAMS_FILE, ParamsError, Profile, extends_chain, load_profile, read_raw
 from pixart.paths import FEATURE_FIELDS, feature_set, feature_sets
+from pixart.rendered import require_rendering
 
 DVC_FILE = "dvc.yaml"
 HEADER = (
@@ -41,10 +41,6 @@ DATA_CODE = ["pixart/data/generate.py", "pixart/data/scenes.py", "pixart/data/fo
              "pixart/data/prepare.py"]
 TRAIN_CODE = ["stages/train.py", "stages/common.py", "pixart/cli/train.py", "pixart/train", "pixart/models",
               "pixart/diffusion"]
-
-
-class DagDrift(RuntimeError):
-    """dvc.yaml is not what params.yaml renders; the message holds the start of the diff."""
 
 
 class _Keys:
@@ -210,12 +206,5 @@ def write(params_file: Path = PARAMS_FILE) -> Path:
 
 
 def check(params_file: Path = PARAMS_FILE) -> None:
-    """Raise ``DagDrift`` when dvc.yaml is missing or differs from what params.yaml renders."""
-    out = dvc_file(params_file)
-    expected = render(params_file)
-    actual = out.read_text() if out.is_file() else ""
-    if actual != expected:
-        diff = "".join(list(difflib.unified_diff(actual.splitlines(True), expected.splitlines(True),
-                                                 str(out), "rendered from params.yaml"))[:40])
-        raise DagDrift(f"{out} is not what {params_file} renders; run `pixart dag --write` (never edit it by "
-                       f"hand):\n{diff}")
+    """Raise ``pixart.rendered.Drift`` when dvc.yaml is missing or differs from what params.yaml renders."""
+    require_rendering(dvc_file(params_file), render(params_file), str(params_file), "pixart dag --write")

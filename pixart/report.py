@@ -19,7 +19,6 @@ run wrote one. The PNGs are byte-reproducible in one environment (no timestamps,
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import itertools
 import json
@@ -38,6 +37,7 @@ import yaml
 
 from pixart import atomic
 from pixart.config import Profile, load_profile, read_raw
+from pixart.rendered import Drift, require_rendering
 
 PAGE = Path("docs/results.md")
 IMAGES = Path("docs/results")
@@ -65,10 +65,6 @@ _COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44))  # matplotlib's first
 
 class ReportError(RuntimeError):
     """A file the page reads is there but unreadable; the message names it."""
-
-
-class ReportDrift(RuntimeError):
-    """docs/results.md is not what the files render; the message holds the start of the diff."""
 
 
 class StatusUnavailable(RuntimeError):
@@ -630,18 +626,13 @@ def write(root: Path) -> list[Path]:
 
 
 def check(root: Path) -> None:
-    """Raise ``ReportDrift`` when docs/results.md is missing, differs from the rendering, or links an
+    """Raise ``pixart.rendered.Drift`` when docs/results.md is missing, differs from the rendering, or links an
     image that is not there."""
     root = Path(root)
     inputs = load(root)
     page, expected = root / PAGE, render_page(inputs)
-    actual = page.read_text() if page.is_file() else ""
-    if actual != expected:
-        diff = "".join(list(difflib.unified_diff(actual.splitlines(True), expected.splitlines(True),
-                                                 str(page), "rendered by pixart report"))[:40])
-        raise ReportDrift(f"{page} is not what the metrics render; run `pixart report` (never edit it by "
-                          f"hand):\n{diff}")
+    require_rendering(page, expected, "the metrics", "pixart report")
     missing = [name for name in (PIXEVAL_PNG, STAGES_PNG)
                if f"results/{name}" in expected and not (root / IMAGES / name).is_file()]
     if missing:
-        raise ReportDrift(f"{root / IMAGES}: {', '.join(missing)} missing; run `pixart report`")
+        raise Drift(f"{root / IMAGES}: {', '.join(missing)} missing; run `pixart report`")

@@ -26,10 +26,11 @@ def _refuse_drifted_dag() -> None:
     """Under DVC, a dvc.yaml rendered for another profile (or edited by hand) would run this stage with
     the wrong dependencies: stop before anything is written, and say how to fix it."""
     from pixart import dag
+    from pixart.rendered import Drift
 
     try:
         dag.check()
-    except dag.DagDrift as drift:
+    except Drift as drift:
         raise SystemExit(f"{os.environ['DVC_STAGE']}: {drift}") from None
 
 

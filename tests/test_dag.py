@@ -11,6 +11,7 @@ import yaml
 
 from pixart import dag, paths
 from pixart.config import PARAMS_FILE, load_all
+from pixart.rendered import Drift
 from tests.conftest import subprocess_env
 
 PROFILES = sorted(load_all())
@@ -99,7 +100,7 @@ def test_a_hand_edit_of_dvc_yaml_fails_the_check_and_the_cli(tmp_path):
     dag.write(params)
     out = tmp_path / "dvc.yaml"
     out.write_text(out.read_text().replace("    - outputs/align\n", "", 1))
-    with pytest.raises(dag.DagDrift, match="pixart dag --write"):
+    with pytest.raises(Drift, match="pixart dag --write"):
         dag.check(params)
     result = CliRunner().invoke(app, ["dag", "--check", "--params", str(params)])
     assert result.exit_code == 1 and "outputs/align" in result.output

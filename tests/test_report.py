@@ -20,6 +20,7 @@ from pixart.data.caption_stats import CaptionStats
 from pixart.eval.fid import compute_statistics
 from pixart.eval.pixeval import save_grid, write_reports
 from pixart.eval.trend import fid_gain
+from pixart.rendered import Drift
 
 REPO = Path(__file__).resolve().parent.parent
 # a distinct solid colour per stage's grid, to see the strip's order
@@ -185,7 +186,7 @@ def test_check_fails_when_the_metrics_change_under_a_committed_page(project):
     report.write(project)
     report.check(project)
     atomic.write_json(project / "metrics/vaes.json", {"old": {"heldout_mse": 0.5, "heldout_object_mse": 0.6}})
-    with pytest.raises(report.ReportDrift, match="results.md"):
+    with pytest.raises(Drift, match="results.md"):
         report.check(project)
 
 

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pixart.cli.errors import exit_codes
 from pixart.config import PARAMS_FILE, ParamsError, load_profile
 
 config_app = typer.Typer(help="The curriculum in params.yaml.", no_args_is_help=True)
@@ -30,11 +31,8 @@ def show(
     params: Path = typer.Option(PARAMS_FILE, help="The params file."),
 ) -> None:
     """Print a profile's curriculum as a table."""
-    try:
+    with exit_codes({ParamsError: 2}):
         name, prof = load_profile(profile, params)
-    except ParamsError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
     table = Table(title=f"{name}: {prof.description} (model {prof.model}, pixel scale {prof.pixel_scale:g})")
     columns = ("stage", "kind", "weak input", "res", "px", "PE", "steps", "batch", "lr", "images",
                "caption", "tokens", "vae", "kv layers", "aspect", "data", "gpus")

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
+from pixart.cli.errors import exit_codes
 from pixart.config import PARAMS_FILE, ParamsError
+from pixart.rendered import Drift
 
 
 def dag(
@@ -20,7 +22,7 @@ def dag(
 
     if profile and not write:
         raise typer.BadParameter("--profile changes params.yaml's active profile: use it with --write")
-    try:
+    with exit_codes({ParamsError: 2, Drift: 1}):
         if profile:
             rendering.set_active_profile(params, profile)
         if write:
@@ -30,12 +32,6 @@ def dag(
             typer.echo(f"dag: {rendering.dvc_file(params)} matches {params}")
         if not (write or check):
             typer.echo(rendering.render(params), nl=False)
-    except ParamsError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
-    except rendering.DagDrift as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from pixart.cli.errors import exit_codes
+
 data_app = typer.Typer(help="Datasets in the PixArt layout (data_info.json + images).", no_args_is_help=True)
 
 
@@ -46,11 +48,8 @@ def import_folder_cmd(
     """Import images with .txt captions; bad entries are skipped and reported."""
     from pixart.data.importers import import_folder
 
-    try:
+    with exit_codes({FileNotFoundError: 2, ValueError: 2}):
         _print_report(import_folder(src, out, quality=quality), out)
-    except (FileNotFoundError, ValueError) as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
 
 
 @data_app.command("import-jsonl")
@@ -62,11 +61,8 @@ def import_jsonl_cmd(
     """Import a JSONL file of image paths and captions; bad entries are skipped and reported."""
     from pixart.data.importers import import_jsonl
 
-    try:
+    with exit_codes({FileNotFoundError: 2, ValueError: 2}):
         _print_report(import_jsonl(file, out, quality=quality), out)
-    except (FileNotFoundError, ValueError) as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
 
 
 def caption_stats_cmd(
@@ -81,11 +77,8 @@ def caption_stats_cmd(
     from pixart.data.caption_stats import dataset_caption_stats
     from pixart.data.format import DatasetError
 
-    try:
+    with exit_codes({DatasetError: 2}):
         rows = dataset_caption_stats(data)
-    except DatasetError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
     table = Table(title=f"caption statistics: {data}")
     for column in ("captions", "kind", "VN/DN", "total nouns", "avg length (words)", "avg nouns / image"):
         table.add_column(column)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import typer
 
+from pixart.cli.errors import exit_codes
 from pixart.config import PARAMS_FILE, ParamsError
+from pixart.rendered import Drift
 
 
 def report(
@@ -20,19 +22,13 @@ def report(
     what `dvc status` finds changed since dvc.lock is marked stale."""
     from pixart import report as rendering
 
-    try:
+    with exit_codes({ParamsError: 2, rendering.ReportError: 2, Drift: 1}):
         if check:
             rendering.check(root)
             typer.echo(f"report: {root / rendering.PAGE} matches the metrics")
             return
         for path in rendering.write(root):
             typer.echo(f"report: {path}")
-    except (ParamsError, rendering.ReportError) as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
-    except rendering.ReportDrift as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -6,6 +6,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pixart.cli.errors import exit_codes
+
 
 def lineage(
     ref: str = typer.Argument(
@@ -15,11 +17,8 @@ def lineage(
     """Print the weak-to-strong chain of a registered checkpoint back to its root (base)."""
     from pixart import tracking
 
-    try:
+    with exit_codes({LookupError: 2, ValueError: 2}):
         chain = tracking.lineage(ref)
-    except (LookupError, ValueError) as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
     table = Table(title=f"lineage of {ref}")
     for col in (
         "stage",
