@@ -302,9 +302,24 @@ def _pixeval_row(inputs: Inputs, stage: str, clip: bool) -> list[str]:
         f"`{stage}`", str(inputs.profile.pixels(cfg)) if cfg else DASH,
         _fixed(m.get("fid"), 2), _fixed(m.get("alignment"), 3), _fixed(m.get("alignment_shuffled"), 3),
         _fixed(m.get("vae_ceiling_fid"), 2), _fixed(m.get("vae_ceiling_alignment"), 3),
+        _ratio(m.get("alignment"), m.get("alignment_shuffled"), "×"),
+        _ratio(m.get("alignment"), m.get("vae_ceiling_alignment"), "%"),
         *([_fixed(m.get("clip_score"), 4)] if clip else []),
         _fixed(m.get("seconds_per_image"), 3), status.label(stale),
     ]  # fmt: skip
+
+
+def _share(value: Any) -> str:
+    return f"{value * 100:.1f} %" if isinstance(value, int | float) and not isinstance(value, bool) else DASH
+
+
+def _ratio(value: Any, base: Any, unit: str) -> str:
+    """``value`` over ``base`` as a multiple (``×``) or a percentage (``%``); a dash when either is
+    not a positive number (a refusing judge's text, an absent ceiling)."""
+    numbers = [v for v in (value, base) if isinstance(v, int | float) and not isinstance(v, bool)]
+    if len(numbers) < 2 or base <= 0:
+        return DASH
+    return f"{value / base:.1f}×" if unit == "×" else f"{100 * value / base:.0f} %"
 
 
 def _pixeval_section(inputs: Inputs) -> list[str]:
@@ -314,7 +329,8 @@ def _pixeval_section(inputs: Inputs) -> list[str]:
     results = inputs.pixeval
     clip = any("clip_score" in m for m in results.values())
     headers = ["stage", "px", "FID", "alignment", "chance", "VAE ceiling FID", "VAE ceiling alignment",
-               *(["CLIP-score"] if clip else []), "s / image", "status"]
+               "alignment / chance", "alignment / ceiling", *(["CLIP-score"] if clip else []), "s / image",
+               "status"]
     stages = _ordered(results, inputs.profile.stages)
     lines += _table(headers, [_pixeval_row(inputs, s, clip) for s in stages])
     counts = sorted({m["n_images"] for m in results.values() if isinstance(m.get("n_images"), int)})
@@ -331,12 +347,27 @@ def _trend_section(inputs: Inputs) -> list[str]:
         return lines + _absent("The trend", "no `metrics/pixeval_trend.json`")
     weak, strong = t.get("weak"), t.get("strong")
     stale = "pixeval" in status.changed or bool({weak, strong} & status.stale)
-    share = t.get("fid_gain_share")
-    share = f"{share * 100:.1f} %" if isinstance(share, int | float) and not isinstance(share, bool) else DASH
+    share = _share(t.get("fid_gain_share"))
     interval = f"{_fixed(t.get('fid_gain_low'), 2)} … {_fixed(t.get('fid_gain_high'), 2)}"
     headers = ["weak", "strong", "FID gain", "95 % interval", "resamples where strong beats weak", "status"]
     row = [f"`{weak}`", f"`{strong}`", _fixed(t.get("fid_gain"), 2), interval, share, status.label(stale)]
-    return lines + _table(headers, [row])
+    return lines + _table(headers, [row]) + _caption_claim(t, status)
+
+
+def _caption_claim(t: dict[str, Any], status: Any) -> list[str]:
+    """The alignment the first dense-caption stage gains over the stage it starts from."""
+    before, after = t.get("caption_before"), t.get("caption_after")
+    if before is None:
+        return _absent("The caption claim", "no dense-caption stage with per-prompt alignment")
+    stale = "pixeval" in status.changed or bool({before, after} & status.stale)
+    share = _share(t.get("alignment_gain_share"))
+    interval = f"{_fixed(t.get('alignment_gain_low'), 3)} … {_fixed(t.get('alignment_gain_high'), 3)}"
+    headers = ["raw captions", "dense captions", "alignment gain", "95 % interval",
+               "resamples where dense beats raw", "status"]
+    row = [f"`{before}`", f"`{after}`", _fixed(t.get("alignment_gain"), 3), interval, share, status.label(stale)]
+    intro = ("The caption claim: the alignment gained where the curriculum switches to dense captions, "
+             "paired by prompt.")
+    return [intro, "", *_table(headers, [row])]
 
 
 def _stages_section(inputs: Inputs) -> list[str]:

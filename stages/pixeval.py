@@ -4,9 +4,11 @@ of the DMD one-step generator when it exists), into metrics/ and the registry.""
 from __future__ import annotations
 
 from pixart import atomic, tracking
+from pixart.config import Profile
 from pixart.eval.backbones import build_backbone
 from pixart.eval.pixeval import (
     Metrics,
+    StageEvaluation,
     ensure_judge,
     evaluate_stage,
     load_heldout,
@@ -15,7 +17,7 @@ from pixart.eval.pixeval import (
     vae_ceiling,
     write_reports,
 )
-from pixart.eval.trend import fid_gain
+from pixart.eval.trend import alignment_gain, fid_gain
 from pixart.train.export import read_stage_info
 from stages.common import StageContext, parse
 
@@ -26,7 +28,7 @@ FID_BACKBONES = {"efficientnet-lite0": "efficientnet-lite0", "inception": "incep
 def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics]:
     """PixEval of each trained stage in curriculum order (``dmd`` only when its folder exists), and
     the weak-to-strong trend: the first stage's FID minus the last diffusion stage's, with its
-    paired bootstrap interval (``trend.fid_gain``)."""
+    paired bootstrap interval (``trend.fid_gain``), and the caption claim (``caption_claim``)."""
     profile, paths, settings, pe = ctx.profile, ctx.paths, ctx.settings, ctx.profile.pixeval
     heldout = load_heldout(paths.heldout_data, pe.n_prompts)
     weights = settings.path(pe.inception_path) if pe.inception_path else None
@@ -44,7 +46,7 @@ def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics]
         clip = ClipScorer(settings.path(pe.clip_path), settings.resolved_device)
     tracking.configure(settings)
     results: dict[str, Metrics] = {}
-    features, versions = {}, {}
+    evaluations, versions = {}, {}
     ceilings: dict[tuple[str, int], Metrics] = {}  # stages sharing a VAE and a size share its ceiling
     for name, stage in profile.stages.items():
         stage_dir = paths.stage(name)
@@ -55,11 +57,12 @@ def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics]
                 f"pixeval: stage '{name}' has no checkpoint at {stage_dir} (train it first)"
             )
         pixels = profile.pixels(stage)
-        results[name], features[name] = evaluate_stage(
+        evaluations[name] = evaluate_stage(
             stage_dir, heldout.prompts, heldout.scenes, reference, steps=pe.steps, cfg=pe.cfg, seed=pe.seed,
             height=pixels, width=pixels, max_tokens=stage.max_tokens, backbone=backbone, judge=judge, clip=clip,
             grid_path=paths.metrics / "pixeval" / f"{name}.png", device=settings.resolved_device,
         )  # fmt: skip
+        results[name] = dict(evaluations[name].metrics)
         if (stage.vae, pixels) not in ceilings:
             ceilings[stage.vae, pixels] = vae_ceiling(stage_dir / "vae", heldout, pixels, reference, backbone, judge,
                                                       device=settings.resolved_device)
@@ -69,10 +72,27 @@ def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics]
         print(f"pixeval {name}: {results[name]}")
     diffusion = [name for name, stage in profile.stages.items() if stage.kind != "dmd"]
     weak, strong = diffusion[0], diffusion[-1]
-    trend: Metrics = {"weak": weak, "strong": strong, **fid_gain(features[weak], features[strong], reference)}
+    trend: Metrics = {"weak": weak, "strong": strong,
+                      **fid_gain(evaluations[weak].features, evaluations[strong].features, reference)}
+    trend |= caption_claim(profile, evaluations)
     tracking.log_version_metrics(versions[strong], numeric(trend))
     print(f"pixeval trend: {trend}")
     return results, trend
+
+
+def caption_claim(profile: Profile, evaluations: dict[str, StageEvaluation]) -> Metrics:
+    """The paper's caption claim on this run: the alignment the first dense-caption stage (``align``)
+    gains over the stage it starts from, paired by prompt (``trend.alignment_gain``); nothing when
+    the profile has no such pair or the judge gave no per-prompt alignment."""
+    for name, stage in profile.stages.items():
+        before = stage.init_from
+        if stage.caption == "dense" and before is not None and profile.stages[before].caption != "dense":
+            pair = evaluations.get(before), evaluations.get(name)
+            if any(e is None or e.alignment is None for e in pair):
+                return {}
+            return {"caption_before": before, "caption_after": name,
+                    **alignment_gain(pair[0].alignment, pair[1].alignment)}
+    return {}
 
 
 def main() -> None:

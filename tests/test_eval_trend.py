@@ -12,7 +12,7 @@ from pixart.data.generate import generate_dataset
 from pixart.eval.backbones import EfficientNetLite0
 from pixart.eval.fid import compute_statistics, extract_features, frechet_distance_to
 from pixart.eval.pixeval import reference_images
-from pixart.eval.trend import fid_gain
+from pixart.eval.trend import alignment_gain, fid_gain
 
 D = 32
 
@@ -69,3 +69,20 @@ def test_unpaired_sets_are_refused(sets) -> None:
     reference, near, far = sets
     with pytest.raises(ValueError, match="paired feature sets differ in shape"):
         fid_gain(near, far[:-1], reference)
+
+
+def test_the_alignment_gain_is_the_paired_mean_difference_with_its_interval() -> None:
+    rng = np.random.default_rng(0)
+    before = rng.uniform(0.1, 0.3, 64)
+    after = before + rng.uniform(0.0, 0.4, 64)  # every prompt gains
+    gain = alignment_gain(before, after, n_resamples=300)
+    assert gain["alignment_gain"] == pytest.approx(float((after - before).mean()))
+    assert 0 < gain["alignment_gain_low"] < gain["alignment_gain"] < gain["alignment_gain_high"]
+    assert gain["alignment_gain_share"] == 1.0
+    # pairing matters: the same numbers with the prompts' order shuffled spread wider
+    unpaired = alignment_gain(before, rng.permutation(after), n_resamples=300)
+    assert unpaired["alignment_gain_high"] - unpaired["alignment_gain_low"] > gain["alignment_gain_high"] - gain["alignment_gain_low"]
+    noise = alignment_gain(before, rng.permutation(before), n_resamples=300)
+    assert noise["alignment_gain_low"] < 0 < noise["alignment_gain_high"]
+    with pytest.raises(ValueError, match="differ in shape"):
+        alignment_gain(before, after[:-1])

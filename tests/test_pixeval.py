@@ -21,6 +21,7 @@ from pixart.eval.backbones import build_backbone
 from pixart.eval.fid import extract_features, frechet_distance_to
 from pixart.eval.judge import MIN_HELD_OUT_ACCURACY, Judge, train_judge
 from pixart.eval.pixeval import (
+    StageEvaluation,
     ensure_judge,
     evaluate_stage,
     load_heldout,
@@ -65,13 +66,17 @@ def weak_judge(tmp_path_factory: pytest.TempPathFactory) -> Judge:
 
 
 def _evaluate(stage_dir, heldout, backbone, judge, **extra):
-    metrics, features = evaluate_stage(
+    result = evaluate_stage(
         stage_dir, heldout.prompts, heldout.scenes, reference_statistics(heldout.dataset_dir, SIDE, backbone), steps=2,
         cfg=4.5, seed=3,
         height=SIDE, width=SIDE, max_tokens=32, backbone=backbone, judge=judge, batch_size=2, **extra,
     )  # fmt: skip
-    assert features.shape == (N_PROMPTS, backbone.feature_dim)
-    return metrics
+    assert result.features.shape == (N_PROMPTS, backbone.feature_dim)
+    if isinstance(result.metrics["alignment"], float):
+        assert result.alignment.shape == (N_PROMPTS,)
+    else:
+        assert result.alignment is None  # a refusing judge gives no per-prompt numbers to pair
+    return result.metrics
 
 
 def test_heldout_prompts_are_dense_captions_and_the_reference_is_the_high_quality_tier(heldout, tmp_path) -> None:
@@ -256,8 +261,9 @@ def test_a_trusted_judge_scores_alignment_and_shuffled_prompts_score_lower_on_re
     # the judge reads whole scenes: square real images, uncropped
     square = [e for e in load_dataset(tmp_path / "train") if e.height == e.width][:32]
     real = np.stack([np.asarray(Image.open(tmp_path / "train" / e.path).convert("RGB")) for e in square])
-    on_real = _alignment(judge, real, [e.scene for e in square])
+    on_real, per_image = _alignment(judge, real, [e.scene for e in square])
     assert on_real["alignment"] > on_real["alignment_shuffled"] + 0.2, on_real
+    assert per_image.shape == (len(square),) and per_image.mean() == pytest.approx(on_real["alignment"])
 
 
 class _CountingJudge:
@@ -280,3 +286,19 @@ def test_the_vae_ceilings_alignment_reads_square_scenes_only(stage_dir, heldout,
     reference = reference_statistics(heldout.dataset_dir, SIDE, backbone)
     ceiling = vae_ceiling(stage_dir / "vae", heldout, SIDE, reference, backbone, judge)
     assert judge.asked[0] == square and ceiling["vae_ceiling_alignment"] == 1.0
+
+
+def test_the_caption_claim_pairs_align_with_the_stage_it_starts_from() -> None:
+    from stages.pixeval import caption_claim
+
+    _, profile = load_profile("tiny")
+    rng = np.random.default_rng(0)
+    aligned = {name: StageEvaluation({}, np.zeros((8, 2)), rng.uniform(0, 1, 8)) for name in profile.stages}
+    aligned["vae-adapt"] = StageEvaluation({}, np.zeros((8, 2)), np.full(8, 0.2))
+    aligned["align"] = StageEvaluation({}, np.zeros((8, 2)), np.full(8, 0.5))
+    claim = caption_claim(profile, aligned)
+    assert (claim["caption_before"], claim["caption_after"]) == ("vae-adapt", "align")
+    assert claim["alignment_gain"] == pytest.approx(0.3) and claim["alignment_gain_low"] == pytest.approx(0.3)
+    # a refusing judge leaves nothing to pair: no claim rather than a made-up one
+    aligned["align"] = StageEvaluation({}, np.zeros((8, 2)), None)
+    assert caption_claim(profile, aligned) == {}

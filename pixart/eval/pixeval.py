@@ -109,19 +109,22 @@ def _generate(
     return _as_uint8(images), (time.perf_counter() - start) / len(prompts)
 
 
-def _alignment(judge: Judge, images: np.ndarray, scenes: Sequence[SceneInfo | None]) -> Metrics:
+def _alignment(judge: Judge, images: np.ndarray, scenes: Sequence[SceneInfo | None]) -> tuple[Metrics, np.ndarray | None]:
+    """The alignment metrics and the per-image alignment (None when the judge refuses)."""
     accuracy = judge.report.held_out_accuracy
     if accuracy < MIN_HELD_OUT_ACCURACY:
-        return {"alignment": f"judge refused: {accuracy:.3f}", "judge_accuracy": accuracy}
+        return {"alignment": f"judge refused: {accuracy:.3f}", "judge_accuracy": accuracy}, None
     if any(s is None for s in scenes):
         raise ValueError("scenes: alignment needs a scene for every held-out prompt (generated data)")
     # rolling by one pairs every image with another prompt's scene: a derangement, hence chance level
     shuffled = list(scenes[1:]) + list(scenes[:1])
-    return {
-        "alignment": float(judge.alignment(images, scenes).mean()),
+    per_image = judge.alignment(images, scenes).numpy()
+    metrics: Metrics = {
+        "alignment": float(per_image.mean()),
         "alignment_shuffled": float(judge.alignment(images, shuffled).mean()),
         "judge_accuracy": accuracy,
     }
+    return metrics, per_image
 
 
 def save_grid(images: np.ndarray, path: Path) -> None:
@@ -176,10 +179,21 @@ def vae_ceiling(
     metrics: Metrics = {"vae_ceiling_fid": frechet_distance_to(extract_features(images, backbone), reference)}
     square = [i for i, e in enumerate(heldout.entries) if e.height == e.width]
     if judge is not None and len(square) >= 2:
-        alignment = _alignment(judge, images[square], [heldout.scenes[i] for i in square])["alignment"]
+        alignment = _alignment(judge, images[square], [heldout.scenes[i] for i in square])[0]["alignment"]
         if isinstance(alignment, float):
             metrics["vae_ceiling_alignment"] = alignment
     return metrics
+
+
+@dataclass(frozen=True)
+class StageEvaluation:
+    """One stage's PixEval: its metrics, and per prompt (row i from prompt i) the images' backbone
+    features (N, D), for ``trend.fid_gain``, and their alignment (N,), for ``trend.alignment_gain``
+    (None without a trusted judge)."""
+
+    metrics: Metrics
+    features: np.ndarray
+    alignment: np.ndarray | None
 
 
 def evaluate_stage(
@@ -200,12 +214,11 @@ def evaluate_stage(
     batch_size: int = 32,
     grid_path: Path | None = None,
     device: str = "cpu",
-) -> tuple[Metrics, np.ndarray]:
+) -> StageEvaluation:
     """PixEval of one checkpoint folder: one image per prompt (fixed seeds), then ``fid`` against
     the ``reference`` statistics (``reference_statistics``), ``alignment`` / ``alignment_shuffled``
     (chance) when a judge is given — or "judge refused: <accuracy>" when it is below
-    MIN_HELD_OUT_ACCURACY —, ``clip_score`` when a scorer is given, and ``seconds_per_image``; and
-    the images' backbone features (N, D), row i from prompt i, for ``trend.fid_gain``. A one-step
+    MIN_HELD_OUT_ACCURACY —, ``clip_score`` when a scorer is given, and ``seconds_per_image``. A one-step
     (DMD) checkpoint is sampled in one step, whatever ``steps`` and ``cfg`` say. Saves a sample grid
     to ``grid_path`` when given."""
     from pixart.diffusion.one_step import one_step_t_gen
@@ -229,13 +242,15 @@ def evaluate_stage(
         "sampler": f"one step from t={t_gen}" if t_gen is not None else f"DPM-Solver {steps} steps, CFG {cfg}"
                    + (", x0 in the training latents' range" if isinstance(pipeline.scheduler, DataRangeDPMSolver) else ""),
     }
+    alignment = None
     if judge is not None:
-        metrics |= _alignment(judge, images, scenes)
+        scored, alignment = _alignment(judge, images, scenes)
+        metrics |= scored
     if clip is not None:
         metrics["clip_score"] = clip_score(images, prompts, clip)
     if grid_path is not None:
         save_grid(images, grid_path)
-    return metrics, features
+    return StageEvaluation(metrics, features, alignment)
 
 
 def judge_key(train_dir: Path, steps: int, seed: int) -> str:
