@@ -27,7 +27,7 @@ import yaml
 
 from pixart import atomic
 from pixart.config import PARAMS_FILE, ParamsError, Profile, extends_chain, load_profile, read_raw
-from pixart.paths import FEATURE_FIELDS, feature_set, feature_sets
+from pixart.paths import FEATURE_FIELDS, REFERENCE_METRICS, feature_set, feature_sets
 from pixart.rendered import require_rendering
 
 DVC_FILE = "dvc.yaml"
@@ -35,6 +35,13 @@ HEADER = (
     "# Rendered from params.yaml (profile {profile}) by `pixart dag --write`: do not edit by hand.\n"
     "# `pixart dag --check` fails, and so does every stage under DVC, when this file and params.yaml differ.\n"
 )
+# The recorded reference run (`pixart report --record`, git-tracked): `dvc metrics show` lists it beside
+# the stages' own metrics on any checkout, and `dvc metrics diff` compares a newly recorded run with it.
+REFERENCE = {
+    "metrics": [f"{REFERENCE_METRICS}/{name}" for name in ("pixeval.json", "pixeval_trend.json", "caption_stats.json",
+                                                   "vaes.json")],
+    "plots": [{f"{REFERENCE_METRICS}/pixeval_plot.csv": {"x": "stage"}}],
+}
 # What every stage entry point runs; `python` is the environment's own (a venv, /opt/venv in the image).
 PYTHON = "python"
 DATA_CODE = ["pixart/data/generate.py", "pixart/data/scenes.py", "pixart/data/format.py", "pixart/data/importers.py",
@@ -179,8 +186,8 @@ def render(params_file: Path = PARAMS_FILE) -> str:
     """dvc.yaml's text for the active profile of ``params_file``."""
     raw = read_raw(params_file)
     name, profile = load_profile(None, params_file)
-    body = yaml.safe_dump({"stages": _stages(name, profile, _Keys(raw["profiles"], name))}, sort_keys=False,
-                          width=120)
+    body = yaml.safe_dump({"stages": _stages(name, profile, _Keys(raw["profiles"], name)), **REFERENCE},
+                          sort_keys=False, width=120)
     return HEADER.format(profile=name) + body
 
 

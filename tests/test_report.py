@@ -89,6 +89,7 @@ def project(tmp_path, up_to_date) -> Path:
         pixels = profile.pixels(profile.stages[stage]) // 8
         save_grid(np.full((16, pixels, pixels, 3), colour, np.uint8), metrics / "pixeval" / f"{stage}.png")
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(_lock(profile), sort_keys=False))
+    report.record(tmp_path)
     return tmp_path
 
 
@@ -106,7 +107,7 @@ def _page(root: Path) -> str:
 
 def test_page_shows_each_stages_numbers_from_the_metrics_files(project):
     page = _page(project)
-    results = yaml.safe_load((project / "metrics/pixeval.json").read_text())
+    results = yaml.safe_load((project / report.METRICS / "pixeval.json").read_text())
     _, profile = load_profile(None, project / "params.yaml")
     for stage, m in results.items():
         cells = _row(page, stage)
@@ -115,7 +116,7 @@ def test_page_shows_each_stages_numbers_from_the_metrics_files(project):
         assert cells[5] == f"{m['vae_ceiling_fid']:.2f}"
         assert cells[-1] == "current"
     assert _row(page, "vae-adapt")[3:5] == ["judge refused: 0.412", "—"]
-    trend = yaml.safe_load((project / "metrics/pixeval_trend.json").read_text())
+    trend = yaml.safe_load((project / report.METRICS / "pixeval_trend.json").read_text())
     assert f"| `base` | `kv-2k` | {trend['fid_gain']:.2f} | {trend['fid_gain_low']:.2f} … " \
            f"{trend['fid_gain_high']:.2f} | {trend['fid_gain_share'] * 100:.1f} % | current |" in page
     assert f"| `vae-adapt` | `align` | {trend['alignment_gain']:.3f} | {trend['alignment_gain_low']:.3f} … " \
@@ -178,6 +179,7 @@ def test_outputs_absent_from_the_checkout_are_not_changes(project, up_to_date):
 
 def test_check_fails_after_a_hand_edit_and_passes_after_a_rerender(project):
     runner = CliRunner()
+    (project / report.PAGE).unlink()
     assert runner.invoke(app, ["report", "--check", "--root", str(project)]).exit_code == 1  # never rendered
     assert runner.invoke(app, ["report", "--root", str(project)]).exit_code == 0
     assert runner.invoke(app, ["report", "--check", "--root", str(project)]).exit_code == 0
@@ -189,10 +191,40 @@ def test_check_fails_after_a_hand_edit_and_passes_after_a_rerender(project):
     assert runner.invoke(app, ["report", "--check", "--root", str(project)]).exit_code == 0
 
 
+def test_a_stage_run_again_after_the_recording_is_stale_until_recorded(project):
+    lock_file = project / "dvc.lock"
+    lock = yaml.safe_load(lock_file.read_text())
+    lock["stages"]["aes-1024"]["outs"][0]["md5"] = "0" * 32 + ".dir"  # it ran again: other weights
+    lock_file.write_text(yaml.safe_dump(lock, sort_keys=False))
+    atomic.write_json(project / report.RUN_METRICS / "vaes.json", {"old": {"heldout_mse": 0.5, "heldout_object_mse": 0.6}})
+    (project / report.RUN_METRICS / ".gitignore").write_text("/pixeval.json\n")  # what DVC writes there
+    page = _page(project)
+    assert _row(page, "align")[-1] == "current"
+    for stage in ("aes-1024", "kv-1024", "aes-2k", "kv-2k"):
+        assert _row(page, stage)[-1] == "stale"
+    assert "ran again after the reference was recorded" in _row(page, "aes-1024", "## Stages")[-1]
+    assert "| `old` | 0.0412 | 0.2301 |" in page  # the reference, not the unrecorded run
+
+    result = CliRunner().invoke(app, ["report", "--record", "--root", str(project)])
+    assert result.exit_code == 0, result.output
+    page = (project / report.PAGE).read_text()
+    assert "stale" not in page and "| `old` | 0.5000 | 0.6000 |" in page
+    assert (project / report.METRICS / "dvc.lock").read_text() == lock_file.read_text()
+    assert not (project / report.METRICS / ".gitignore").exists()
+
+
+def test_recording_without_a_run_fails_naming_what_is_missing_and_keeps_the_reference(project):
+    shutil.rmtree(project / report.RUN_METRICS)
+    before = (project / report.METRICS / "pixeval.json").read_text()
+    result = CliRunner().invoke(app, ["report", "--record", "--root", str(project)])
+    assert result.exit_code == 2 and "metrics: absent" in result.output
+    assert (project / report.METRICS / "pixeval.json").read_text() == before
+
+
 def test_check_fails_when_the_metrics_change_under_a_committed_page(project):
     report.write(project)
     report.check(project)
-    atomic.write_json(project / "metrics/vaes.json", {"old": {"heldout_mse": 0.5, "heldout_object_mse": 0.6}})
+    atomic.write_json(project / report.METRICS / "vaes.json", {"old": {"heldout_mse": 0.5, "heldout_object_mse": 0.6}})
     with pytest.raises(Drift, match="results.md"):
         report.check(project)
 
@@ -231,13 +263,13 @@ def test_stage_strip_tiles_every_grid_in_curriculum_order_at_one_height(project)
 def test_missing_metrics_give_not_recorded_lines_and_no_images(tmp_path, up_to_date):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     page = _page(tmp_path)
-    for line in ("PixEval: not recorded (no `metrics/pixeval.json`).",
-                 "The trend: not recorded (no `metrics/pixeval_trend.json`).",
-                 "Sample grids: not recorded (no `metrics/pixeval/<stage>.png`).",
-                 "Caption statistics: not recorded (no `metrics/caption_stats.json`).",
-                 "VAE reconstruction errors: not recorded (no `metrics/vaes.json`).",
-                 "Stages: not recorded (no `dvc.lock`).",
-                 "`dvc.lock` is absent: no DVC run is recorded"):
+    for line in ("PixEval: not recorded (no `docs/results/metrics/pixeval.json`).",
+                 "The trend: not recorded (no `docs/results/metrics/pixeval_trend.json`).",
+                 "Sample grids: not recorded (no `docs/results/metrics/pixeval/<stage>.png`).",
+                 "Caption statistics: not recorded (no `docs/results/metrics/caption_stats.json`).",
+                 "VAE reconstruction errors: not recorded (no `docs/results/metrics/vaes.json`).",
+                 "Stages: not recorded (no `docs/results/metrics/dvc.lock`).",
+                 "`docs/results/metrics/dvc.lock` is absent: no DVC run is recorded"):
         assert line in page
     assert "](results/" not in page
     assert not (tmp_path / report.IMAGES).exists() or not any((tmp_path / report.IMAGES).iterdir())
@@ -246,9 +278,9 @@ def test_missing_metrics_give_not_recorded_lines_and_no_images(tmp_path, up_to_d
 
 def test_missing_wall_times_say_not_recorded_and_recorded_ones_are_shown(project):
     page = _page(project)
-    assert "Wall times: not recorded (no `metrics/stage_times.json`; DVC records none)." in page
+    assert "Wall times: not recorded (no `docs/results/metrics/stage_times.json`; DVC records none)." in page
     assert _row(page, "base", "## Stages")[1] == "—"
-    atomic.write_json(project / "metrics/stage_times.json", {"base": 75.4, "pixeval": 3725})
+    atomic.write_json(project / report.METRICS / "stage_times.json", {"base": 75.4, "pixeval": 3725})
     page = _page(project)
     assert "Wall times: not recorded" not in page
     assert _row(page, "base", "## Stages")[1] == "1 min 15 s"
