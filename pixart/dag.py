@@ -176,7 +176,7 @@ def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
         # the judge retrains with each PixEval (about a minute at tiny's 400 steps): a persisted one would keep
         # pixeval out of the run cache
         "outs": [*(["outputs/judge"] if judged else []), "metrics/pixeval"],
-        "metrics": ["metrics/pixeval.json", "metrics/pixeval_trend.json"],
+        "metrics": ["metrics/pixeval.json", "metrics/pixeval_trend.json", "metrics/stage_times.json"],
         "plots": [{"metrics/pixeval_plot.csv": {"x": "stage"}}],
     }
     return stages

@@ -41,7 +41,7 @@ import json
 import logging
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -504,6 +504,22 @@ def _end_run(ctx: _Context, run: StageRun, status: str, *, raising: bool) -> Non
         if raising:
             raise
         log.warning("%s; the run stays RUNNING until the next attempt of stage %s closes it", exc, run.stage)
+
+
+def stage_wall_times(stages: Iterable[str]) -> dict[str, float]:
+    """Seconds from start to end of each stage's latest finished run, for the stages that have one.
+    A resumed stage counts its finishing attempt only: its killed ones are runs of their own."""
+    ctx = _ctx()
+    times = {}
+    with _reaching(ctx.settings.public_tracking_uri, "reading the stages' run times"):
+        for stage in stages:
+            runs = ctx.client.search_runs(
+                [ctx.experiment_id], filter_string=f"tags.stage = '{stage}' and attributes.status = 'FINISHED'",
+                order_by=["attributes.start_time DESC"], max_results=1,
+            )  # fmt: skip
+            if runs and runs[0].info.end_time is not None:
+                times[stage] = (runs[0].info.end_time - runs[0].info.start_time) / 1000
+    return times
 
 
 def _split_ref(ref: str, default_name: str) -> tuple[str, str | None, str | None]:

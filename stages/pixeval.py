@@ -1,5 +1,6 @@
 """pixeval: FID, alignment and CLIP-score of every stage's checkpoint on the held-out prompts (and
-of the DMD one-step generator when it exists), into metrics/ and the registry."""
+of the DMD one-step generator when it exists), into metrics/ and the registry; and the wall times of
+the stages' MLflow runs (metrics/stage_times.json)."""
 
 from __future__ import annotations
 
@@ -100,6 +101,8 @@ def main() -> None:
     results, trend = evaluate_curriculum(ctx)
     write_reports(ctx.paths.metrics, results)
     atomic.write_json(ctx.paths.metrics / "pixeval_trend.json", trend)
+    tracked = [*(f"vae-{name}" for name in ctx.profile.vaes), *ctx.profile.stages]
+    atomic.write_json(ctx.paths.metrics / "stage_times.json", tracking.stage_wall_times(tracked))
     print(f"pixeval -> {ctx.paths.metrics / 'pixeval.json'}")
 
 

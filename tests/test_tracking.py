@@ -316,3 +316,17 @@ def test_the_ui_opens_on_runs_names_the_parent_run_and_describes_each_version(em
     tracking.log_version_metrics(version, {"fid": 11.0})  # a PixEval re-run replaces the line, keeps the head
     described = client.get_model_version("pixart-sigma", version).description
     assert described == "aes-512: high-aesthetic data; weak input align (version 3)\nPixEval: fid 11"
+
+
+def test_stage_wall_times_are_each_stages_latest_finished_run(embedded, client):
+    import time
+
+    for pause in (0.0, 0.3):
+        with tracking.stage_run("timed", {}, curriculum="smoke"):
+            time.sleep(pause)
+    with pytest.raises(RuntimeError), tracking.stage_run("timed", {}, curriculum="smoke"):
+        time.sleep(0.6)
+        raise RuntimeError("killed")  # a failed attempt is not the stage's time
+    times = tracking.stage_wall_times(["timed", "never-ran"])
+    assert list(times) == ["timed"]
+    assert 0.3 <= times["timed"] < 0.6, times
