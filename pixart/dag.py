@@ -40,7 +40,8 @@ HEADER = (
 REFERENCE = {
     "metrics": [f"{REFERENCE_METRICS}/{name}" for name in ("pixeval.json", "pixeval_trend.json", "caption_stats.json",
                                                    "vaes.json")],
-    "plots": [{f"{REFERENCE_METRICS}/pixeval_plot.csv": {"x": "stage"}}],
+    "plots": [{f"{REFERENCE_METRICS}/pixeval_plot.csv": {"x": "stage"}},
+              {f"{REFERENCE_METRICS}/loss_curves.csv": {"x": "step", "y": "loss"}}],
 }
 # What every stage entry point runs; `python` is the environment's own (a venv, /opt/venv in the image).
 PYTHON = "python"
@@ -177,7 +178,7 @@ def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
         # pixeval out of the run cache
         "outs": [*(["outputs/judge"] if judged else []), "metrics/pixeval"],
         "metrics": ["metrics/pixeval.json", "metrics/pixeval_trend.json", "metrics/stage_times.json"],
-        "plots": [{"metrics/pixeval_plot.csv": {"x": "stage"}}],
+        "plots": [{"metrics/pixeval_plot.csv": {"x": "stage"}}, {"metrics/loss_curves.csv": {"x": "step", "y": "loss"}}],
     }
     return stages
 

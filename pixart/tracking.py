@@ -506,6 +506,14 @@ def _end_run(ctx: _Context, run: StageRun, status: str, *, raising: bool) -> Non
         log.warning("%s; the run stays RUNNING until the next attempt of stage %s closes it", exc, run.stage)
 
 
+def _latest_finished(ctx: _Context, stage: str) -> Any:
+    runs = ctx.client.search_runs(
+        [ctx.experiment_id], filter_string=f"tags.stage = '{stage}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )  # fmt: skip
+    return runs[0] if runs else None
+
+
 def stage_wall_times(stages: Iterable[str]) -> dict[str, float]:
     """Seconds from start to end of each stage's latest finished run, for the stages that have one.
     A resumed stage counts its finishing attempt only: its killed ones are runs of their own."""
@@ -513,13 +521,23 @@ def stage_wall_times(stages: Iterable[str]) -> dict[str, float]:
     times = {}
     with _reaching(ctx.settings.public_tracking_uri, "reading the stages' run times"):
         for stage in stages:
-            runs = ctx.client.search_runs(
-                [ctx.experiment_id], filter_string=f"tags.stage = '{stage}' and attributes.status = 'FINISHED'",
-                order_by=["attributes.start_time DESC"], max_results=1,
-            )  # fmt: skip
-            if runs and runs[0].info.end_time is not None:
-                times[stage] = (runs[0].info.end_time - runs[0].info.start_time) / 1000
+            run = _latest_finished(ctx, stage)
+            if run is not None and run.info.end_time is not None:
+                times[stage] = (run.info.end_time - run.info.start_time) / 1000
     return times
+
+
+def stage_metric_history(stages: Iterable[str], key: str) -> dict[str, list[tuple[int, float]]]:
+    """``key``'s (step, value) history in each stage's latest finished run, for the stages that logged it."""
+    ctx = _ctx()
+    curves = {}
+    with _reaching(ctx.settings.public_tracking_uri, f"reading the stages' {key} curves"):
+        for stage in stages:
+            run = _latest_finished(ctx, stage)
+            history = ctx.client.get_metric_history(run.info.run_id, key) if run is not None else []
+            if history:
+                curves[stage] = sorted((m.step, m.value) for m in history)
+    return curves
 
 
 def _split_ref(ref: str, default_name: str) -> tuple[str, str | None, str | None]:

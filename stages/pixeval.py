@@ -1,6 +1,6 @@
 """pixeval: FID, alignment and CLIP-score of every stage's checkpoint on the held-out prompts (and
-of the DMD one-step generator when it exists), into metrics/ and the registry; and the wall times of
-the stages' MLflow runs (metrics/stage_times.json)."""
+of the DMD one-step generator when it exists), into metrics/ and the registry; and, from the stages'
+MLflow runs, their wall times (metrics/stage_times.json) and loss curves (metrics/loss_curves.csv)."""
 
 from __future__ import annotations
 
@@ -103,6 +103,9 @@ def main() -> None:
     atomic.write_json(ctx.paths.metrics / "pixeval_trend.json", trend)
     tracked = [*(f"vae-{name}" for name in ctx.profile.vaes), *ctx.profile.stages]
     atomic.write_json(ctx.paths.metrics / "stage_times.json", tracking.stage_wall_times(tracked))
+    curves = tracking.stage_metric_history(ctx.profile.stages, "loss")
+    rows = [f"{stage},{step},{loss:.6g}" for stage, curve in curves.items() for step, loss in curve]
+    atomic.write_text(ctx.paths.metrics / "loss_curves.csv", "\n".join(["stage,step,loss", *rows]) + "\n")
     print(f"pixeval -> {ctx.paths.metrics / 'pixeval.json'}")
 
 

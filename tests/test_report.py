@@ -88,6 +88,8 @@ def project(tmp_path, up_to_date) -> Path:
     for stage, colour in zip(stages, COLOURS, strict=True):
         pixels = profile.pixels(profile.stages[stage]) // 8
         save_grid(np.full((16, pixels, pixels, 3), colour, np.uint8), metrics / "pixeval" / f"{stage}.png")
+    curves = [f"{stage},{step},{1.0 / (step + i + 1):.6g}" for i, stage in enumerate(stages[:3]) for step in range(1, 9)]
+    atomic.write_text(metrics / "loss_curves.csv", "\n".join(["stage,step,loss", *curves]) + "\n")
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(_lock(profile), sort_keys=False))
     report.record(tmp_path)
     return tmp_path
@@ -232,7 +234,7 @@ def test_check_fails_when_the_metrics_change_under_a_committed_page(project):
 def _outputs(root: Path) -> dict[str, bytes]:
     report.write(root)
     return {name: (root / "docs" / name).read_bytes()
-            for name in ("results.md", f"results/{report.PIXEVAL_PNG}", f"results/{report.STAGES_PNG}")}
+            for name in ("results.md", *(f"results/{name}" for name in report.IMAGE_NAMES))}
 
 
 @pytest.mark.parametrize("matplotlib", [True, False], ids=["matplotlib", "pil"])
@@ -243,7 +245,7 @@ def test_rendering_twice_gives_identical_bytes(project, monkeypatch, matplotlib)
     first = _outputs(project)
     second = _outputs(project)
     assert first == second
-    for name in (report.PIXEVAL_PNG, report.STAGES_PNG):
+    for name in report.IMAGE_NAMES:
         data = first[f"results/{name}"]
         assert data.startswith(b"\x89PNG") and b"tIME" not in data and b"Software" not in data
 
@@ -260,6 +262,21 @@ def test_stage_strip_tiles_every_grid_in_curriculum_order_at_one_height(project)
         assert strip.getpixel((i * step + report.GRID_HEIGHT // 2, middle)) == colour
 
 
+def test_loss_curves_are_one_panel_per_stage_that_logged_a_loss(project):
+    page = _page(project)
+    assert f"![Training loss by stage](results/{report.LOSSES_PNG})" in page
+    with Image.open(project / report.IMAGES / report.LOSSES_PNG) as chart:
+        assert chart.size == (3 * 240, 160)  # three stages logged a loss
+        chart = chart.convert("RGB")
+        # each panel draws its curve: some pixel of the plotting colour in each third
+        for i in range(3):
+            panel = chart.crop((i * 240, 0, (i + 1) * 240, 160))
+            assert report._COLOURS[0] in {colour for _, colour in panel.getcolors(240 * 160)}
+    (project / report.METRICS / "loss_curves.csv").write_text("stage,epoch\nbase,1\n")
+    with pytest.raises(report.ReportError, match="loss_curves.csv"):
+        report.write(project)
+
+
 def test_missing_metrics_give_not_recorded_lines_and_no_images(tmp_path, up_to_date):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     page = _page(tmp_path)
@@ -268,6 +285,7 @@ def test_missing_metrics_give_not_recorded_lines_and_no_images(tmp_path, up_to_d
                  "Sample grids: not recorded (no `docs/results/metrics/pixeval/<stage>.png`).",
                  "Caption statistics: not recorded (no `docs/results/metrics/caption_stats.json`).",
                  "VAE reconstruction errors: not recorded (no `docs/results/metrics/vaes.json`).",
+                 "Loss curves: not recorded (no `docs/results/metrics/loss_curves.csv`).",
                  "Stages: not recorded (no `docs/results/metrics/dvc.lock`).",
                  "`docs/results/metrics/dvc.lock` is absent: no DVC run is recorded"):
         assert line in page

@@ -322,7 +322,9 @@ def test_stage_wall_times_are_each_stages_latest_finished_run(embedded, client):
     import time
 
     for pause in (0.0, 0.3):
-        with tracking.stage_run("timed", {}, curriculum="smoke"):
+        with tracking.stage_run("timed", {}, curriculum="smoke") as run:
+            run.log_metrics({"loss": 1.0 + pause}, step=1)
+            run.log_metrics({"loss": 0.5 + pause}, step=2)
             time.sleep(pause)
     with pytest.raises(RuntimeError), tracking.stage_run("timed", {}, curriculum="smoke"):
         time.sleep(0.6)
@@ -330,3 +332,4 @@ def test_stage_wall_times_are_each_stages_latest_finished_run(embedded, client):
     times = tracking.stage_wall_times(["timed", "never-ran"])
     assert list(times) == ["timed"]
     assert 0.3 <= times["timed"] < 0.6, times
+    assert tracking.stage_metric_history(["timed", "never-ran"], "loss") == {"timed": [(1, 1.3), (2, 0.8)]}
