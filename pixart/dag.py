@@ -38,7 +38,7 @@ HEADER = (
 # The recorded reference run (`pixart report --record`, git-tracked): `dvc metrics show` lists it beside
 # the stages' own metrics on any checkout, and `dvc metrics diff` compares a newly recorded run with it.
 REFERENCE = {
-    "metrics": [f"{REFERENCE_METRICS}/{name}" for name in ("pixeval.json", "pixeval_trend.json", "caption_stats.json",
+    "metrics": [f"{REFERENCE_METRICS}/{name}" for name in ("pixeval.json", "pixeval_trend.json", "caption_stats.json", "stage_times.json",
                                                    "vaes.json")],
     "plots": [{f"{REFERENCE_METRICS}/pixeval_plot.csv": {"x": "stage"}},
               {f"{REFERENCE_METRICS}/loss_curves.csv": {"x": "step", "y": "loss"}}],

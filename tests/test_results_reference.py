@@ -33,7 +33,7 @@ def test_dvc_metrics_show_lists_the_reference_on_a_checkout_without_a_run():
     shown = subprocess.run([str(DVC), "metrics", "show", "--json"], cwd=REPO, capture_output=True, text=True, check=True,
                            timeout=300)
     data = json.loads(shown.stdout)
-    files = data["workspace"]["data"]
+    files = data[""]["data"]  # "" is the workspace
     reference = files[f"{report.METRICS}/pixeval.json"]["data"]
     recorded = json.loads((REPO / report.METRICS / "pixeval.json").read_text())
     assert reference["align"]["alignment"] == recorded["align"]["alignment"]
