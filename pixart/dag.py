@@ -37,9 +37,9 @@ HEADER = (
 )
 # The recorded reference run (`pixart report --record`, git-tracked): `dvc metrics show` lists it beside
 # the stages' own metrics on any checkout, and `dvc metrics diff` compares a newly recorded run with it.
+_REFERENCE_METRICS = ("pixeval.json", "pixeval_trend.json", "stage_times.json", "caption_stats.json", "vaes.json")
 REFERENCE = {
-    "metrics": [f"{REFERENCE_METRICS}/{name}" for name in ("pixeval.json", "pixeval_trend.json", "caption_stats.json", "stage_times.json",
-                                                   "vaes.json")],
+    "metrics": [f"{REFERENCE_METRICS}/{name}" for name in _REFERENCE_METRICS],
     "plots": [{f"{REFERENCE_METRICS}/pixeval_plot.csv": {"x": "stage"}},
               {f"{REFERENCE_METRICS}/loss_curves.csv": {"x": "step", "y": "loss"}}],
 }

@@ -9,11 +9,11 @@ from pathlib import Path
 from pixart.config import Profile, StageConfig
 from pixart.settings import Settings
 
-# What a stage's feature cache depends on among its params (besides the profile's pixel_scale,
-# bucket_quantum_px and train.precision): dvc.yaml's features-<set> stages track exactly these.
 # The recorded reference run, relative to the project root: a run's metrics/ and dvc.lock, copied by
 # `pixart report --record` and tracked by git (DVC's cached outputs cannot be).
 REFERENCE_METRICS = Path("docs/results/metrics")
+# What a stage's feature cache depends on among its params (besides the profile's pixel_scale,
+# bucket_quantum_px and train.precision): dvc.yaml's features-<set> stages track exactly these.
 FEATURE_FIELDS = ("vae", "resolution", "caption", "max_tokens", "multi_aspect", "quality", "images")
 
 

@@ -19,8 +19,8 @@ change: the page reads the same on a fresh clone as on the machine that ran the 
 ``pixart report --check`` holds in CI. Changed code, params, a stage definition, or an output edited
 by hand are changes.
 
-Wall times: DVC records none, so they come from ``stage_times.json`` of the reference ({stage: seconds}) when a
-run wrote one. The PNGs are byte-reproducible in one environment (no timestamps, no software tag);
+Wall times: DVC records none, so they come from the reference's ``stage_times.json`` ({stage: seconds}),
+which pixeval writes from the stages' MLflow runs. The PNGs are byte-reproducible in one environment (no timestamps, no software tag);
 ``--check`` compares the page, whose text does not depend on which library drew them.
 """
 
@@ -736,8 +736,8 @@ def write(root: Path) -> list[Path]:
 
 
 def record(root: Path) -> list[Path]:
-    """Make the run in ``root`` the reference: ``docs/results/metrics/`` and ``dvc.lock`` copied into
-    docs/results/metrics/ (replacing the last one whole), then the page rendered from them."""
+    """Make the run in ``root`` the reference: its ``metrics/`` and ``dvc.lock`` copied into
+    docs/results/metrics/ (replacing the last reference whole), then the page rendered from them."""
     import shutil
 
     root = Path(root)
