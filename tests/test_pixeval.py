@@ -178,6 +178,7 @@ def curriculum(tmp_path: Path, stage_dir: Path, monkeypatch: pytest.MonkeyPatch)
     generate_dataset(paths.heldout_data, n=4, seed=0, resolution_px=32, split="heldout")
     _, smoke = load_profile("smoke")
     stages = {name: smoke.stages[name] for name in ("base", "align", "dmd")}
+    stages["align"] = stages["align"].model_copy(update={"init_from": "base"})  # its weak input in this table
     profile = smoke.model_copy(update={
         "stages": stages, "pixeval": smoke.pixeval.model_copy(update={"steps": 2, "judge_steps": 1}),
     })  # fmt: skip
