@@ -183,8 +183,8 @@ def read_status(root: Path, recorded: Mapping[str, Any] | None) -> Status:
     except StatusUnavailable as exc:
         return Status(f"{exc}; whether a stage changed since `{LOCK}` is unknown.")
     changed = {name: why for name, entries in raw.items() if (why := _changes(entries))}
-    changed = {name: sorted({*changed.get(name, []), *_rerun(recorded, lock).get(name, [])})
-               for name in {*changed, *_rerun(recorded, lock)}}
+    rerun = _rerun(recorded, lock)
+    changed = {name: sorted({*changed.get(name, []), *rerun.get(name, [])}) for name in {*changed, *rerun}}
     stale = _downstream(_lock_edges(recorded), changed)
     if not changed:
         return Status(f"`dvc status`: every stage is as `{LOCK}` records it, and that is the recorded run.", True)
@@ -280,17 +280,17 @@ def load(root: Path) -> Inputs:
 # --- the page ------------------------------------------------------------------------------------
 
 _INTRO = {
-    "PixEval": "From `docs/results/metrics/pixeval.json`. Chance: the alignment of the same images with shuffled prompts; "
+    "PixEval": f"From `{METRICS}/pixeval.json`. Chance: the alignment of the same images with shuffled prompts; "
     "VAE ceiling: what a perfect generator behind the stage's VAE would score.",
     "Weak to strong": "FID of the weak stage minus the strong one's, with its paired-bootstrap interval, "
-    "from `docs/results/metrics/pixeval_trend.json`.",
+    f"from `{METRICS}/pixeval_trend.json`.",
     "The same prompts across stages": "",
     "Loss curves": "Each stage's training loss by step, from its MLflow run (`loss_curves.csv`); `dmd` logs "
     "its generator's loss, which is no diffusion loss.",
-    "Caption statistics": "The paper's Table 1 for the training set, from `docs/results/metrics/caption_stats.json`; "
+    "Caption statistics": f"The paper's Table 1 for the training set, from `{METRICS}/caption_stats.json`; "
     "VN/DN: distinct nouns occurring more than 10 times over all distinct nouns.",
     "VAE reconstruction": "Held-out reconstruction MSE (pixels in [-1, 1]), over all pixels and over the "
-    "objects' pixels, from `docs/results/metrics/vaes.json`.",
+    f"objects' pixels, from `{METRICS}/vaes.json`.",
     "Stages": "",
     "Memory plan": "",
 }
@@ -349,15 +349,18 @@ def _pixeval_row(inputs: Inputs, stage: str, clip: bool) -> list[str]:
     ]  # fmt: skip
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _share(value: Any) -> str:
-    return f"{value * 100:.1f} %" if isinstance(value, int | float) and not isinstance(value, bool) else DASH
+    return f"{value * 100:.1f} %" if _is_number(value) else DASH
 
 
 def _ratio(value: Any, base: Any, unit: str) -> str:
     """``value`` over ``base`` as a multiple (``×``) or a percentage (``%``); a dash when either is
-    not a positive number (a refusing judge's text, an absent ceiling)."""
-    numbers = [v for v in (value, base) if isinstance(v, int | float) and not isinstance(v, bool)]
-    if len(numbers) < 2 or base <= 0:
+    not a number or ``base`` is not positive (a refusing judge's text, an absent ceiling)."""
+    if not (_is_number(value) and _is_number(base)) or base <= 0:
         return DASH
     return f"{value / base:.1f}×" if unit == "×" else f"{100 * value / base:.0f} %"
 
@@ -365,7 +368,7 @@ def _ratio(value: Any, base: Any, unit: str) -> str:
 def _pixeval_section(inputs: Inputs) -> list[str]:
     lines = _heading("PixEval")
     if not inputs.pixeval:
-        return lines + _absent("PixEval", "no `docs/results/metrics/pixeval.json`")
+        return lines + _absent("PixEval", f"no `{METRICS}/pixeval.json`")
     results = inputs.pixeval
     clip = any("clip_score" in m for m in results.values())
     headers = ["stage", "px", "FID", "alignment", "chance", "VAE ceiling FID", "VAE ceiling alignment",
@@ -384,7 +387,7 @@ def _pixeval_section(inputs: Inputs) -> list[str]:
 def _trend_section(inputs: Inputs) -> list[str]:
     lines, t, status = _heading("Weak to strong"), inputs.trend, inputs.status
     if not t:
-        return lines + _absent("The trend", "no `docs/results/metrics/pixeval_trend.json`")
+        return lines + _absent("The trend", f"no `{METRICS}/pixeval_trend.json`")
     weak, strong = t.get("weak"), t.get("strong")
     stale = "pixeval" in status.changed or bool({weak, strong} & status.stale)
     share = _share(t.get("fid_gain_share"))
@@ -413,7 +416,7 @@ def _caption_claim(t: dict[str, Any], status: Any) -> list[str]:
 def _stages_section(inputs: Inputs) -> list[str]:
     lines = _heading("The same prompts across stages")
     if not inputs.grids:
-        return lines + _absent("Sample grids", "no `docs/results/metrics/pixeval/<stage>.png`")
+        return lines + _absent("Sample grids", f"no `{METRICS}/pixeval/<stage>.png`")
     names = ", ".join(f"`{s}`" for s, _ in inputs.grids)
     return lines + [f"PixEval's sample grids, left to right: {names}.", "",
                     f"![PixEval grids by stage](results/{STAGES_PNG})", ""]
@@ -429,7 +432,7 @@ def _losses_section(inputs: Inputs) -> list[str]:
 def _captions_section(inputs: Inputs) -> list[str]:
     lines, rows = _heading("Caption statistics"), inputs.captions
     if not rows:
-        return lines + _absent("Caption statistics", "no `docs/results/metrics/caption_stats.json`")
+        return lines + _absent("Caption statistics", f"no `{METRICS}/caption_stats.json`")
     cells = [[kind, _fixed(r.get("captions"), 0), _fixed(r.get("vn_dn"), 0), _fixed(r.get("total_nouns"), 0),
               _fixed(r.get("avg_caption_words"), 2), _fixed(r.get("avg_nouns_per_image"), 2)]
              for kind, r in ((k, rows[k]) for k in _ordered(rows, ("raw", "dense")))]
@@ -441,9 +444,9 @@ def _captions_section(inputs: Inputs) -> list[str]:
 def _vaes_section(inputs: Inputs) -> list[str]:
     lines, vaes = _heading("VAE reconstruction"), inputs.vaes
     if vaes is None:
-        return lines + _absent("VAE reconstruction errors", "no `docs/results/metrics/vaes.json`")
+        return lines + _absent("VAE reconstruction errors", f"no `{METRICS}/vaes.json`")
     if not vaes:
-        return lines + _absent("VAE reconstruction errors", "pretrained VAEs: `docs/results/metrics/vaes.json` is empty")
+        return lines + _absent("VAE reconstruction errors", f"pretrained VAEs: `{METRICS}/vaes.json` is empty")
     cells = [[f"`{n}`", _fixed(vaes[n].get("heldout_mse"), 4), _fixed(vaes[n].get("heldout_object_mse"), 4)]
              for n in _ordered(vaes, inputs.profile.vaes)]
     status = inputs.status.label("vaes" in inputs.status.stale)
@@ -467,7 +470,7 @@ def _pipeline_section(inputs: Inputs) -> list[str]:
     if not names:
         return lines + _absent("Stages", f"no `{METRICS / LOCK.name}`")
     if times is None:
-        lines += _absent("Wall times", "no `docs/results/metrics/stage_times.json`; DVC records none")
+        lines += _absent("Wall times", f"no `{METRICS}/stage_times.json`; DVC records none")
     def wall(name: str) -> str:
         return _duration(times.get(name)) if times is not None else DASH
 
