@@ -7,16 +7,8 @@ STAMP := $(VENV)/.installed
 
 # dvc.yaml runs `python`: the environment's own interpreter, here the venv's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
-# Everything a stage or test process needs to stay offline and inside the project.
-export HF_HUB_OFFLINE := 1
-export TRANSFORMERS_OFFLINE := 1
-export MLFLOW_DISABLE_TELEMETRY := true
-export PREFECT_HOME := $(CURDIR)/.cache/prefect
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
-export DVC_SITE_CACHE_DIR := $(CURDIR)/.cache/dvc-site
-export DVC_GLOBAL_CONFIG_DIR := $(CURDIR)/.cache/dvc-global
-export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
+# Offline, no telemetry, tool state in .cache: pixart/settings.py's project_env, which `pixart` applies
+# before it starts dvc (so every stage inherits it) and the tests' conftest before any test.
 
 .PHONY: setup curriculum test lint clean
 

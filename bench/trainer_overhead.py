@@ -84,7 +84,7 @@ def build_world(root: Path, profile_name: str, stage_name: str, n_images: int):
 
 def make_job(root: Path, run: int, profile_name: str, profile, stage_name: str, features: Path, components,
              steps: int, batch: int | None, log_every: int | None, zero_stage: int | None):
-    from pixart.train.trainer import StageJob
+    from pixart.train.job import StageJob
 
     overrides = {"log_every": log_every, "zero_stage": zero_stage}
     train = profile.train.model_copy(update={"save_every": 10**9, **{k: v for k, v in overrides.items() if v is not None}})
@@ -98,30 +98,29 @@ def make_job(root: Path, run: int, profile_name: str, profile, stage_name: str, 
 
 def run_trainer(job) -> float:
     """``train(job)``, timed from its first batch to the end of its loop; its last logged loss."""
-    import json
-
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from pixart.stage_info import StageInfo
     from pixart.train import trainer
 
-    real_batches, real_export = trainer._batches, trainer.export_ema
+    real_batches, real_export = trainer._endless, trainer.StageTrainer.export
 
     def batches(sampler):
         for indices in real_batches(sampler):
             _mark()
             yield indices
 
-    def export(*args, **kwargs):
+    def export(self, run):
         _mark()
-        return real_export(*args, **kwargs)
+        return real_export(self, run)
 
-    trainer._batches, trainer.export_ema = batches, export
+    trainer._endless, trainer.StageTrainer.export = batches, export
     try:
         out = trainer.train(job)
     finally:
-        trainer._batches, trainer.export_ema = real_batches, real_export
-    run_id = json.loads((out / "stage.json").read_text())["mlflow_run_id"]
+        trainer._endless, trainer.StageTrainer.export = real_batches, real_export
+    run_id = StageInfo.read(out).mlflow_run_id
     history = MlflowClient(tracking_uri=mlflow.get_tracking_uri()).get_metric_history(run_id, "loss")
     return max(history, key=lambda m: m.step).value
 
@@ -134,7 +133,7 @@ def run_bare(job) -> float:
     from pixart.diffusion.caption_dropout import drop_captions
     from pixart.diffusion.losses import q_sample, training_losses
     from pixart.train.optim import build_optimizer, constant_with_warmup
-    from pixart.train.trainer import _batches, _draws, _pad_to, denoiser_output
+    from pixart.train.trainer import _draws, _endless, _pad_to, denoiser_output
     from pixart.train.weak_input import load_transformer
 
     train, stage = job.profile.train, job.stage
@@ -143,7 +142,7 @@ def run_bare(job) -> float:
     optimizer = build_optimizer(model.parameters(), train, stage.lr)
     schedule = constant_with_warmup(optimizer, stage.warmup_steps)
     cache = FeatureCache(job.features)
-    batches = _batches(AspectRatioBatchSampler(cache.ratios, stage.batch_size, seed=train.seed, drop_last=True))
+    batches = _endless(AspectRatioBatchSampler(cache.ratios, stage.batch_size, seed=train.seed, drop_last=True))
     null_text, null_mask = load_null_caption(job.features)
     scaling = job.components.scaling_factor()
     for step in range(1, stage.steps + 1):

@@ -15,6 +15,7 @@ from pathlib import Path
 from pixart import tracking
 from pixart.paths import CurriculumPaths
 from pixart.secrets import mask_uri, split_credentials
+from pixart.stage_info import StageInfo
 from pixart.train.samples import GRID_FILE
 
 NOT_RUN = "not run"
@@ -34,11 +35,10 @@ class StageRecord:
 def stage_record(paths: CurriculumPaths, stage: str) -> StageRecord | None:
     """From the local DVC output's stage.json, else from the registry alias (a stage run on
     another machine); None when the stage has neither."""
-    info_file = paths.stage(stage) / "stage.json"
-    if info_file.is_file():
-        info = json.loads(info_file.read_text())
-        if info.get("model_version"):
-            return StageRecord(stage, str(info["model_version"]), str(info["mlflow_run_id"]))
+    if StageInfo.exists(paths.stage(stage)):
+        info = StageInfo.read(paths.stage(stage))
+        if info.model_version:
+            return StageRecord(stage, info.model_version, str(info.mlflow_run_id))
     if tracking.get_alias_version(stage) is None:
         return None
     mv = tracking.model_version(stage)

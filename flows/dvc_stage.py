@@ -25,7 +25,7 @@ Two recipes, one per kind of machine:
   in every pod that walks it; pixart/dag.py renders none.
 
 The timeout lives here, not in Prefect's ``timeout_seconds``: Prefect can only abandon the Python
-call, while the stage is a process tree (dvc -> python -m pixart train -> launcher ranks). The
+call, while the stage is a process tree (dvc -> pixart launch -> launcher ranks). The
 tree runs in its own session; on timeout it gets SIGINT (the trainer ends its MLflow run as KILLED
 and DVC releases its lock), then SIGKILL after a grace period.
 """

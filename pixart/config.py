@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pixart.data.scenes import SceneSpec
+
 PARAMS_FILE = Path(__file__).resolve().parent.parent / "params.yaml"
 
 
@@ -27,22 +29,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class GeneratorConfig(_Strict):
-    """The generated captioned dataset (tiny profiles)."""
+class GeneratorConfig(SceneSpec):
+    """The generated captioned dataset (tiny profiles): its size and seed, and the scenes' vocabulary
+    and difficulty (every field of pixart.data.scenes.SceneSpec, with its defaults)."""
 
     n_images: int = Field(gt=0, description="Images in the training set.")
     n_heldout: int = Field(ge=0, description="Held-out scenes whose prompts PixEval uses.")
     seed: int = 0
-    max_objects: int = Field(2, ge=1, description="Objects per scene, 1..max_objects.")
-    size_fraction: dict[str, float] | None = Field(
-        None, description="Fraction of a grid cell's shorter side that a small and a large object span; "
-        "null = the scene generator's (pixart.data.scenes.SceneSpec).",
-    )
-    low_quality_fraction: float = Field(
-        0.3, ge=0, le=1, description="Share of degraded images (blur, JPEG, noise): the non-aesthetic tier."
-    )
-    square_fraction: float = Field(0.5, ge=0, le=1, description="Share of square images; the rest are 0.25..4.")
-    raw_wrong_prob: float = Field(0.2, ge=0, le=1, description="Chance that a raw caption names a wrong colour.")
     resolution_px: int = Field(gt=0, description="Render size (short side) of the stored images.")
 
 

@@ -47,7 +47,10 @@ REFERENCE = {
 PYTHON = "python"
 DATA_CODE = ["pixart/data/generate.py", "pixart/data/scenes.py", "pixart/data/format.py", "pixart/data/importers.py",
              "pixart/data/prepare.py"]
-TRAIN_CODE = ["stages/train.py", "stages/common.py", "pixart/cli/train.py", "pixart/train", "pixart/models",
+# the VAE trainer and the parts of the loop it runs on
+VAE_CODE = [*(f"pixart/train/{m}.py" for m in ("vae", "loop", "checkpoint", "ema", "ds_config", "optim", "distributed")),
+            "pixart/models/builders.py"]
+TRAIN_CODE = ["stages/train.py", "stages/common.py", "pixart/stage_info.py", "pixart/train", "pixart/models",
               "pixart/diffusion"]
 
 
@@ -74,7 +77,7 @@ def _local(path: Path | None) -> list[str]:
 
 
 def _launched(module: str, num_gpus: int) -> str:
-    """A data stage's command: on one process, or sharded over ``num_gpus`` by ``pixart launch``."""
+    """A stage's command: the module on one process, or on ``num_gpus`` under ``pixart launch``."""
     if num_gpus == 1:
         return f"{PYTHON} -m {module}"
     return f"{PYTHON} -m pixart launch --num-gpus {num_gpus} {module}"
@@ -99,8 +102,9 @@ def _feature_stages(profile: Profile, keys: _Keys, gpus: dict[str, int]) -> dict
                                                               *keys("stage_defaults", field))]
         stages[f"features-{name}"] = {
             "cmd": _launched(f"stages.features {name}", gpus[f"features-{name}"]),
-            "deps": ["stages/features.py", "pixart/data/features.py", "pixart/data/buckets.py",
-                     "pixart/data/null_caption.py", "pixart/models/builders.py", "pixart/hashing.py", "data/train",
+            "deps": ["stages/features.py", "pixart/data/features.py", "pixart/data/feature_identity.py",
+                     "pixart/data/buckets.py", "pixart/data/null_caption.py", "pixart/models/builders.py",
+                     "pixart/hashing.py", "data/train",
                      "outputs/text-encoder", f"outputs/vae-{profile.stages[name].vae}"],
             "params": ["profile", *fields, *keys("pixel_scale"), *keys("bucket_quantum_px"),
                        *keys("train", "precision")],
@@ -134,8 +138,7 @@ def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
         },
         "vaes": {
             "cmd": f"{PYTHON} -m stages.vaes",
-            "deps": ["stages/vaes.py", "pixart/train/vae.py", "pixart/train/optim.py", "pixart/models/builders.py",
-                     "data/train", "data/heldout", *(p for v in profile.vaes.values() for p in _local(v.path))],
+            "deps": ["stages/vaes.py", *VAE_CODE, "data/train", "data/heldout", *(p for v in profile.vaes.values() for p in _local(v.path))],
             "params": ["profile", *keys("vaes"), *keys("pixel_scale"), *keys("train")],
             "outs": [f"outputs/vae-{name}" for name in profile.vaes],
             "metrics": ["metrics/vaes.json"],
@@ -162,7 +165,8 @@ def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
             }
             weak = [*weak, f"outputs/{name}-pairs"]
         stages[name] = {
-            "cmd": f"{PYTHON} -m pixart train {name}",
+            # an import converts weights in one process; a training stage runs on its params' num_gpus
+            "cmd": _launched(f"stages.train {name}", 1 if stage.kind == "import" else stage.num_gpus),
             "deps": [*TRAIN_CODE, *reads, *weak, *_local(stage.pretrained)],
             "params": stage_params,
             "outs": [f"outputs/{name}"],

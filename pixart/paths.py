@@ -17,19 +17,19 @@ REFERENCE_METRICS = Path("docs/results/metrics")
 FEATURE_FIELDS = ("vae", "resolution", "caption", "max_tokens", "multi_aspect", "quality", "images")
 
 
-def feature_key(stage: StageConfig) -> tuple:
+def feature_params(stage: StageConfig) -> tuple:
     """What a stage's feature cache depends on among its params."""
     return tuple(getattr(stage, field) for field in FEATURE_FIELDS)
 
 
 def feature_set(profile: Profile, stage_name: str) -> str:
-    """The feature cache a stage reads: named after the first stage with the same feature key, so
+    """The feature cache a stage reads: named after the first stage with the same feature params, so
     that e.g. kv-1024 reads aes-1024's latents instead of encoding them again. An import stage reads
     none: its set is named after it and never built, so its folder does not exist."""
     if profile.stages[stage_name].kind == "import":
         return stage_name
-    key = feature_key(profile.stages[stage_name])
-    return next(name for name, s in profile.stages.items() if s.kind != "import" and feature_key(s) == key)
+    params = feature_params(profile.stages[stage_name])
+    return next(name for name, s in profile.stages.items() if s.kind != "import" and feature_params(s) == params)
 
 
 def feature_sets(profile: Profile) -> dict[str, list[str]]:

@@ -1,7 +1,8 @@
 """Where things run: the runtime environment, read from ``PIXART_*`` variables and an optional ``.env``.
 
 What is trained lives in params.yaml (see ``pixart.config``); this module only says where the
-services, folders and devices are. The tracking URI may hold a password: it is a ``SecretURI``
+services, folders and devices are, and (``project_env``) the environment every process of the project
+runs in. The tracking URI may hold a password: it is a ``SecretURI``
 (it prints masked, ``http://***@host``), ``public_tracking_uri`` and ``public_dict`` are what may be
 shown, and an http(s) URI's credentials reach MLflow through its own variables, never inside the URI.
 
@@ -24,9 +25,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pixart.secrets import SecretURI, mask_uri, split_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
-# Stage processes run offline and keep tool state inside the project, whoever starts them.
-STAGE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-             "TOKENIZERS_PARALLELISM": "false"}
 
 
 def accelerator() -> str:
@@ -34,16 +32,6 @@ def accelerator() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def apply_stage_env(env: MutableMapping[str, str] | None = None) -> None:
-    """Fill in ``STAGE_ENV`` and ``DS_ACCELERATOR`` where ``env`` (default: this process's
-    environment) does not set them."""
-    env = os.environ if env is None else env
-    for key, value in STAGE_ENV.items():
-        env.setdefault(key, value)
-    if "DS_ACCELERATOR" not in env:
-        env["DS_ACCELERATOR"] = accelerator()
 
 
 class Settings(BaseSettings):
@@ -129,3 +117,44 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def project_env() -> dict[str, str]:
+    """The environment every process of the project runs in, whoever starts it (the ``pixart``
+    command and the ``dvc`` it runs, a stage, a flow, the worker, the tests): offline, no telemetry,
+    each tool's state in the cache folder (``<root>/.cache`` unless ``PIXART_CACHE_DIR`` says).
+    Libraries read most of these once, at import: an entry point applies them before importing any."""
+    settings = Settings()  # not get_settings(): applying the defaults leaves no settings cached
+    cache = settings.path(settings.cache_dir)
+    return {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        # without it mlflow, on import, writes ~/.config/mlflow and phones home
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        # Prefect creates PREFECT_HOME on import
+        "PREFECT_HOME": str(cache / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # a fresh ephemeral database takes ~23 s to start here, past Prefect's 20 s default
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "DVC_SITE_CACHE_DIR": str(cache / "dvc-site"),
+        "DVC_GLOBAL_CONFIG_DIR": str(cache / "dvc-global"),
+        "TORCH_EXTENSIONS_DIR": str(cache / "torch_extensions"),
+    }
+
+
+def apply_env(env: MutableMapping[str, str] | None = None) -> None:
+    """Fill in ``project_env()`` where ``env`` (default: this process's environment) does not set it:
+    what the user (or a test) set wins."""
+    env = os.environ if env is None else env
+    for key, value in project_env().items():
+        env.setdefault(key, value)
+
+
+def apply_stage_env(env: MutableMapping[str, str] | None = None) -> None:
+    """``apply_env``, and ``DS_ACCELERATOR`` for the processes that run DeepSpeed (stages, the worker):
+    apart, because choosing it imports torch, which the ``pixart`` command must not pay for."""
+    apply_env(env)
+    env = os.environ if env is None else env
+    if "DS_ACCELERATOR" not in env:
+        env["DS_ACCELERATOR"] = accelerator()

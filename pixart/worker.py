@@ -39,27 +39,28 @@ from pathlib import Path
 
 ENV = "PIXART_WORKER"
 # what the stage entry points import; their own modules come along
-PRELOAD = ("torch", "diffusers", "transformers", "mlflow", "deepspeed", "stages.common", "pixart.train.trainer",
-           "pixart.train.vae", "pixart.train.dmd", "pixart.eval.pixeval", "pixart.data.features")
+PRELOAD = ("torch", "diffusers", "transformers", "mlflow", "deepspeed", "pixart.config", "pixart.tracking",
+           "pixart.train.trainer", "pixart.train.vae", "pixart.train.dmd", "pixart.eval.pixeval", "pixart.data.features")
 # variables that libraries read once, at import: a request must agree with the worker on them
 IMPORT_TIME_PREFIXES = ("HF_", "TRANSFORMERS_", "DS_", "TORCH_", "CUDA_", "OMP_", "MKL_", "PYTHON")
 _HEADER = struct.Struct("!I")
 _STREAMS = 3  # stdin, stdout, stderr
 
 
-def stage_module() -> str | None:
-    """The ``stages.*`` module this process was started to run (``python -m stages.X``), else None."""
+def stage_module(package: str) -> str | None:
+    """The module of ``package`` this process was started to run (``python -m PACKAGE.X``), else None."""
     argv = sys.orig_argv
     if "-m" not in argv[:-1]:
         return None
     module = argv[argv.index("-m") + 1]
-    return module if module.startswith("stages.") else None
+    return module if module.startswith(f"{package}.") else None
 
 
-def delegate() -> None:
-    """Run this ``python -m stages.X`` process's stage in the worker named by $PIXART_WORKER and exit
-    with its status. Returns, and the stage runs here, when no worker is named or none accepts."""
-    path, module = os.environ.get(ENV), stage_module()
+def delegate(package: str) -> None:
+    """Run this ``python -m PACKAGE.X`` process's stage in the worker named by $PIXART_WORKER and exit
+    with its status. Returns, and the stage runs here, when no worker is named or none accepts. The
+    stage package calls it on import (``stages/__init__.py``), so that ``pixart`` never names it."""
+    path, module = os.environ.get(ENV), stage_module(package)
     if not path or module is None:
         return
     try:

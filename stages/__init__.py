@@ -5,4 +5,9 @@ before any heavy import."""
 
 from pixart.worker import delegate
 
-delegate()
+delegate(__name__)
+# Not delegated: the project's environment, before the stage module imports what reads it at import
+# (mlflow, transformers). Imported only now, so that a delegated stage never pays for pydantic.
+from pixart.settings import apply_stage_env
+
+apply_stage_env()

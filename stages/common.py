@@ -8,9 +8,7 @@ from dataclasses import dataclass
 
 from pixart.config import Profile, load_profile
 from pixart.paths import CurriculumPaths
-from pixart.settings import Settings, apply_stage_env, get_settings
-
-apply_stage_env()
+from pixart.settings import Settings, get_settings
 
 
 @dataclass(frozen=True)
@@ -44,5 +42,4 @@ def parse(description: str, *, named: bool = False) -> StageContext:
         _refuse_drifted_dag()
     profile_name, profile = load_profile(args.profile)
     settings = get_settings()
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(settings.path(settings.cache_dir) / "torch_extensions"))
     return StageContext(profile_name, profile, settings, CurriculumPaths(settings), getattr(args, "name", None))

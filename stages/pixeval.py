@@ -19,7 +19,7 @@ from pixart.eval.pixeval import (
     write_reports,
 )
 from pixart.eval.trend import alignment_gain, fid_gain
-from pixart.train.export import read_stage_info
+from pixart.stage_info import StageInfo
 from stages.common import StageContext, parse
 
 # params.yaml names the backbone family; pixart.eval.backbones names the network
@@ -53,7 +53,7 @@ def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics]
         stage_dir = paths.stage(name)
         if stage.kind == "dmd" and not stage_dir.exists():
             continue
-        if not (stage_dir / "stage.json").is_file():
+        if not StageInfo.exists(stage_dir):
             raise FileNotFoundError(
                 f"pixeval: stage '{name}' has no checkpoint at {stage_dir} (train it first)"
             )
@@ -68,7 +68,7 @@ def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics]
             ceilings[stage.vae, pixels] = vae_ceiling(stage_dir / "vae", heldout, pixels, reference, backbone, judge,
                                                       device=settings.resolved_device)
         results[name] |= ceilings[stage.vae, pixels]
-        versions[name] = read_stage_info(stage_dir).get("model_version") or name
+        versions[name] = StageInfo.read(stage_dir).model_version or name
         tracking.log_version_metrics(versions[name], numeric(results[name]))
         print(f"pixeval {name}: {results[name]}")
     diffusion = [name for name, stage in profile.stages.items() if stage.kind != "dmd"]

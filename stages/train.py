@@ -3,14 +3,16 @@ train), distilled into a one-step generator from its teacher pairs (dmd), or con
 official checkpoint (import)."""
 
 from pixart import tracking
-from pixart.data.features import feature_key
+from pixart.data.features import built_cache_key
 from pixart.data.format import dataset_version, load_dataset
 from pixart.paths import feature_set
+from pixart.stage_info import StageInfo
 from pixart.train.checkpoint import run_key
 from pixart.train.components import Components
 from pixart.train.dmd import train_dmd
 from pixart.train.dmd_pairs import PAIRS_FILE
-from pixart.train.trainer import StageJob, import_official, train
+from pixart.train.job import StageJob
+from pixart.train.trainer import import_official, train
 from stages.common import parse
 from stages.teacher_pairs import pairs_dir
 
@@ -28,7 +30,7 @@ def build_job(ctx) -> StageJob:
     # run that trained on the old one's latents
     identity = {"profile": ctx.profile_name, "stage": stage.model_dump(mode="json"),
                 "train": profile.train.model_dump(mode="json"), "data": data_version,
-                "features": feature_key(features), "weak_input": str(weak and (weak / "stage.json").read_text())}
+                "features": built_cache_key(features), "weak_input": weak and StageInfo.read(weak).model_dump(mode="json")}
     return StageJob(
         name=name, profile_name=ctx.profile_name, profile=profile, stage=stage,
         features=features, components=Components.for_stage(stage, paths),

@@ -3,8 +3,10 @@ reconstruction errors (all pixels, objects' pixels) to metrics/vaes.json; xl lin
 pretrained folders into place."""
 
 from pixart import atomic, tracking
+from pixart.data.format import dataset_version
+from pixart.train.checkpoint import run_key
 from pixart.train.components import link_tree
-from pixart.train.vae import train_vae
+from pixart.train.vae import VAETrainer
 from stages.common import parse
 
 
@@ -19,12 +21,13 @@ def main() -> None:
             continue
         sizes = sorted({ctx.profile.pixels(s) for s in ctx.profile.stages.values() if s.vae == name})
         tracking.configure(ctx.settings)
-        params = {"profile": ctx.profile_name, "vae": cfg.model_dump(mode="json"), "sizes": sizes}
-        # run.json beside the VAE's cache: a re-run after a kill closes the killed attempt's MLflow run
-        run_file = ctx.paths.state(f"vae-{name}") / "run.json"
-        with tracking.stage_run(f"vae-{name}", params, run_file=run_file) as run:
-            quality[name] = train_vae(name, cfg, ctx.profile.train, ctx.paths.train_dataset(ctx.profile),
-                                      ctx.paths.heldout_data, sizes, out, run)
+        dataset = ctx.paths.train_dataset(ctx.profile)
+        # the resumable state is keyed like a stage's: a changed VAE config or dataset never resumes it
+        identity = {"profile": ctx.profile_name, "vae": cfg.model_dump(mode="json"), "sizes": sizes,
+                    "train": ctx.profile.train.model_dump(mode="json"), "data": dataset_version(dataset)}
+        trainer = VAETrainer(name, cfg, ctx.profile.train, dataset, ctx.paths.heldout_data, sizes, out,
+                             ctx.paths.state(f"vae-{name}") / run_key(identity), ctx.profile_name)
+        quality[name] = trainer.run()
         print(f"vae-{name}: held-out reconstruction {quality[name]} -> {out}")
     atomic.write_json(ctx.paths.metrics / "vaes.json", quality)
 

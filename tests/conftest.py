@@ -1,4 +1,4 @@
-"""Test-wide environment: offline, no telemetry, every tool's state inside a temp folder."""
+"""Test-wide environment: the project's (offline, no telemetry), Prefect's and DVC's state in a temp folder."""
 
 from __future__ import annotations
 
@@ -9,19 +9,15 @@ from pathlib import Path
 from pixart.settings import apply_stage_env
 
 _STATE = Path(tempfile.mkdtemp(prefix="pixart-tests-"))
+# First, as the caller's choice: the project's defaults below fill in only what is unset. Torch
+# extensions (DeepSpeed's shm comm op) stay in the project's cache: they compile once per machine,
+# not once per test run.
+for key, folder in {"PREFECT_HOME": "prefect", "DVC_SITE_CACHE_DIR": "dvc-site",
+                    "DVC_GLOBAL_CONFIG_DIR": "dvc-global"}.items():
+    os.environ.setdefault(key, str(_STATE / folder))
 apply_stage_env()
-for key, value in {
-    "PREFECT_HOME": str(_STATE / "prefect"),
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "DVC_SITE_CACHE_DIR": str(_STATE / "dvc-site"),
-    "DVC_GLOBAL_CONFIG_DIR": str(_STATE / "dvc-global"),
-}.items():
-    os.environ.setdefault(key, value)
 # dvc.yaml runs `python`: the environment's own, as under `make`
 os.environ["PATH"] = f"{Path(__file__).resolve().parent.parent / '.venv/bin'}{os.pathsep}{os.environ.get('PATH', '')}"
-# torch extensions (DeepSpeed's shm comm op) compile once per machine, not once per test run.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parent.parent / ".cache/torch_extensions"))
 
 
 # --- the smoke curriculum: one `dvc repro` of the smoke profile in a copy of the repo, shared ------

@@ -52,3 +52,14 @@ def perturb(module: torch.nn.Module, seed: int = 1, scale: float = 0.05) -> None
     generator = torch.Generator().manual_seed(seed)
     for parameter in module.parameters():
         parameter.add_(scale * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+
+
+def write_stage_info(folder: Path, stage: str, profile: str = "smoke", model_version: str | None = None) -> None:
+    """The ``stage.json`` a finished stage ``stage`` of ``profile`` would leave in ``folder``."""
+    from pixart.config import load_profile
+    from pixart.stage_info import StageInfo
+
+    config = load_profile(profile)[1].stages[stage]
+    StageInfo(stage=stage, parent=config.init_from, parent_version=None, profile=profile, config=config,
+              step=config.steps, data_version="test", mlflow_run_id=None, latent_range=None,
+              model_version=model_version).write(folder)

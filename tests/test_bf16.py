@@ -10,7 +10,8 @@ from pixart.config import load_profile
 from pixart.settings import Settings
 from pixart.train.dmd import train_dmd
 from pixart.train.dmd_pairs import make_teacher_pairs
-from pixart.train.trainer import StageJob, train
+from pixart.train.job import StageJob
+from pixart.train.trainer import train
 from tests.test_dmd_stage import _world
 
 WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"

@@ -105,7 +105,7 @@ def test_an_import_stage_starts_from_the_official_weights_at_its_resolution(tmp_
 
     from pixart.config import StageConfig, load_profile
     from pixart.train.components import Components
-    from pixart.train.trainer import StageJob
+    from pixart.train.job import StageJob
     from pixart.train.weak_input import load_transformer
 
     official = official_debug_state_dict()

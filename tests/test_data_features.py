@@ -8,7 +8,8 @@ from diffusers import AutoencoderKL
 from transformers import T5Config, T5EncoderModel
 
 from pixart.data.buckets import AspectRatioBatchSampler, aspect_ratio_buckets
-from pixart.data.features import FeatureCache, build_feature_cache, cache_key, load_pixels, weights_hash
+from pixart.data.feature_identity import cache_key, weights_hash
+from pixart.data.features import FeatureCache, build_feature_cache, load_pixels
 from pixart.data.format import load_dataset
 from pixart.data.generate import generate_dataset
 from pixart.data.scenes import SceneSpec
@@ -177,12 +178,12 @@ def _bytes(folder):
 
 
 def test_identity_stands_for_the_weights_and_the_text_encoders_dtype_enters_the_key(parts, tmp_path, monkeypatch):
-    from pixart.data import features
+    from pixart.data import feature_identity
 
     root, vae, text_encoder, tokenizer = parts
     kwargs = {"vae": vae, "tokenizer": tokenizer, "resolution_px": 16, "caption_kind": "dense", "max_tokens": 120,
               "batch_size": 8, "identity": {"vae": "v", "text_encoder": "t", "tokenizer": "k"}}
-    _counting(monkeypatch, features, "weights_hash", fail_after=0)  # given hashes: no weight is read
+    _counting(monkeypatch, feature_identity, "weights_hash", fail_after=0)  # given hashes: no weight is read
     fp32 = FeatureCache(build_feature_cache(root / "data", tmp_path / "fp32", text_encoder=text_encoder, **kwargs))
     bf16_encoder = T5EncoderModel(text_encoder.config).eval()
     bf16_encoder.load_state_dict(text_encoder.state_dict())

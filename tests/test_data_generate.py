@@ -50,7 +50,8 @@ def test_raw_captions_are_sometimes_wrong_about_colour(tmp_path):
 
 def test_fine_detail_appears_only_at_high_resolution():
     spec = SceneSpec()
-    scene = Scene("white", (SceneObject("square", "blue", "large", "center"),))
+    scene = Scene(background="white",
+                  objects=(SceneObject(shape="square", color="blue", size="large", position="center"),))
     # The stripe texture inside the object: high pixel variance at 512 px, averaged away at 24 px.
     def centre_std(side: int) -> float:
         img, c, k = np.asarray(render_scene(scene, side, side, spec), dtype=np.float32), side // 2, side // 12
@@ -62,7 +63,8 @@ def test_fine_detail_appears_only_at_high_resolution():
 def test_objects_land_in_their_grid_cell():
     spec = SceneSpec()
     for pos in POSITIONS:
-        img = np.asarray(render_scene(Scene("black", (SceneObject("circle", "red", "large", pos),)), 90, 90, spec))
+        obj = SceneObject(shape="circle", color="red", size="large", position=pos)
+        img = np.asarray(render_scene(Scene(background="black", objects=(obj,)), 90, 90, spec))
         row, col = divmod(POSITIONS.index(pos), 3)
         cell = img[row * 30:(row + 1) * 30, col * 30:(col + 1) * 30]
         assert (cell[..., 0] > 150).mean() > 0.3
@@ -70,7 +72,8 @@ def test_objects_land_in_their_grid_cell():
 
 
 def test_dense_caption_counts_objects():
-    scene = Scene("gray", (SceneObject("circle", "red", "small", "top"), SceneObject("square", "blue", "large", "left")))
+    scene = Scene(background="gray", objects=(SceneObject(shape="circle", color="red", size="small", position="top"),
+                                              SceneObject(shape="square", color="blue", size="large", position="left")))
     assert dense_caption(scene).startswith("An image with two objects on a plain gray background")
 
 
@@ -99,7 +102,8 @@ def test_bad_data_info_names_file_and_entry(tmp_path):
 
 
 def test_size_fraction_sets_how_much_of_its_cell_an_object_covers():
-    scene = Scene("white", (SceneObject("square", "blue", "large", "center"),))
+    scene = Scene(background="white",
+                  objects=(SceneObject(shape="square", color="blue", size="large", position="center"),))
 
     def covered(spec: SceneSpec) -> float:
         img = np.asarray(render_scene(scene, 96, 96, spec), dtype=np.float32)

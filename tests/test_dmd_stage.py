@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from pixart import atomic, tracking
 from pixart.config import load_profile
-from pixart.data.features import CACHE_FORMAT
+from pixart.data.feature_identity import CACHE_FORMAT
 from pixart.data.null_caption import save_null_caption
 from pixart.diffusion.one_step import one_step_t_gen, sample_one_step
 from pixart.models.builders import encode_captions
@@ -17,8 +17,15 @@ from pixart.settings import Settings
 from pixart.train.components import Components
 from pixart.train.dmd import train_dmd
 from pixart.train.dmd_pairs import TeacherPairs, make_teacher_pairs
-from pixart.train.trainer import StageJob
-from tests.helpers_models import CAPTIONS, DEBUG_IMAGE_SIDE, DEBUG_LATENT_SIDE, debug_parts, perturb
+from pixart.train.job import StageJob
+from tests.helpers_models import (
+    CAPTIONS,
+    DEBUG_IMAGE_SIDE,
+    DEBUG_LATENT_SIDE,
+    debug_parts,
+    perturb,
+    write_stage_info,
+)
 
 
 def _world(root):
@@ -30,7 +37,7 @@ def _world(root):
     with tracking.stage_run("aes-512", {"profile": "smoke"}) as run:
         version = tracking.register_checkpoint(run, teacher, stage="aes-512", weak_input_version=None,
                                                data_version="test")
-    atomic.write_json(teacher / "stage.json", {"stage": "aes-512", "model_version": version})
+    write_stage_info(teacher, "aes-512", model_version=version)
     components = Components(vae=teacher / "vae", text_encoder=teacher)
     features = root / "features/aes-512"
     features.mkdir(parents=True)
@@ -69,7 +76,7 @@ def test_dmd_stage_exports_a_one_step_pipeline(tmp_path):
     assert sorted(p.name for p in (tmp_path / "state/fake-score").glob("step-*")) == ["step-00000002", "step-00000003"]
     info = json.loads((out / "stage.json").read_text())
     assert info["parent"] == "aes-512" and info["model_version"]
-    described = tracking._ctx().client.get_model_version("pixart-sigma", info["model_version"]).description
+    described = tracking.client._ctx().client.get_model_version("pixart-sigma", info["model_version"]).description
     assert described.startswith("dmd: ") and "weak input aes-512" in described
     assert one_step_t_gen(out) == 400 and one_step_t_gen(teacher) is None
     images = sample_one_step(out, ["a small red circle on the left"], t_gen=400, height=DEBUG_IMAGE_SIDE,

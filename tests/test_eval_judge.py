@@ -11,7 +11,7 @@ from PIL import Image
 
 from pixart.config import load_profile
 from pixart.data.format import load_dataset
-from pixart.data.generate import generate_dataset, spec_from_generator
+from pixart.data.generate import generate_dataset
 from pixart.eval.judge import (
     MIN_HELD_OUT_ACCURACY,
     Judge,
@@ -88,7 +88,7 @@ def test_the_smoke_profiles_judge_steps_pass_the_accuracy_gate_on_its_own_data(t
     _, smoke = load_profile("smoke")
     gen = smoke.data.generator
     generate_dataset(tmp_path / "train", n=gen.n_images, seed=gen.seed, resolution_px=gen.resolution_px,
-                     spec=spec_from_generator(gen))
+                     spec=gen)
     report = train_judge(tmp_path / "train", tmp_path / "judge", steps=smoke.pixeval.judge_steps, seed=smoke.pixeval.seed)
     assert report.held_out_accuracy >= MIN_HELD_OUT_ACCURACY, report
     # measured at 100 steps: 0.94 on its own scenes, 0.10 on shuffled ones

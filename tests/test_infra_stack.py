@@ -169,7 +169,7 @@ def test_stage_checkpoint_round_trips_through_postgres_and_s3(mlflow_server, pos
     import mlflow
     import psycopg
 
-    monkeypatch.setattr(tracking, "_context", None)
+    monkeypatch.setattr(tracking.client, "_context", None)
     monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
     monkeypatch.setenv("PIXART_TRACKING_URI", mlflow_server.url)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
@@ -221,7 +221,7 @@ def test_worker_account_runs_and_registers_a_stage_but_administers_nothing(mlflo
     for attempt in ("first", "re-run"):
         made = _mlflow_users(mlflow_server)
         assert made.returncode == 0, f"{attempt}:\n{made.stderr[-3000:]}"
-    monkeypatch.setattr(tracking, "_context", None)
+    monkeypatch.setattr(tracking.client, "_context", None)
     monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
         monkeypatch.delenv(key, raising=False)
@@ -248,7 +248,7 @@ def test_worker_account_runs_and_registers_a_stage_but_administers_nothing(mlflo
                       lambda: auth.update_user_admin(WORKER, True),
                       lambda: auth.grant_user_permission(WORKER, "registered_model", "pixart-sigma", "MANAGE"),
                       lambda: client.delete_registered_model("pixart-sigma"),
-                      lambda: client.delete_experiment(tracking._ctx().experiment_id)):
+                      lambda: client.delete_experiment(tracking.client._ctx().experiment_id)):
         with pytest.raises(MlflowException, match="403"):
             forbidden()
 

@@ -33,7 +33,7 @@ from pixart.eval.pixeval import (
 from pixart.models.pipeline import save_pipeline
 from pixart.paths import CurriculumPaths
 from pixart.settings import Settings
-from tests.helpers_models import DEBUG_IMAGE_SIDE, debug_parts
+from tests.helpers_models import DEBUG_IMAGE_SIDE, debug_parts, write_stage_info
 
 SIDE = DEBUG_IMAGE_SIDE
 N_PROMPTS = 5
@@ -170,7 +170,7 @@ def curriculum(tmp_path: Path, stage_dir: Path, monkeypatch: pytest.MonkeyPatch)
     settings = Settings(
         root=tmp_path, tracking_uri=f"sqlite:///{tmp_path / 'registry.db'}", artifact_location=""
     )
-    monkeypatch.setattr(tracking, "_context", None)
+    monkeypatch.setattr(tracking.client, "_context", None)
     monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
     tracking.configure(settings)
     paths = CurriculumPaths(settings)
@@ -190,7 +190,7 @@ def curriculum(tmp_path: Path, stage_dir: Path, monkeypatch: pytest.MonkeyPatch)
             version = tracking.register_checkpoint(
                 run, paths.stage(name), stage=name, weak_input_version=version, data_version="test"
             )
-        (paths.stage(name) / "stage.json").write_text(json.dumps({"stage": name, "model_version": version}))
+        write_stage_info(paths.stage(name), name, model_version=version)
     return StageContext("smoke", profile, settings, paths, None)
 
 

@@ -17,7 +17,7 @@ from pixart.settings import Settings
 def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("PIXART_TRACKING_URI", f"sqlite:///{tmp_path / 'registry.db'}")
     settings = Settings(root=tmp_path, artifact_location="")
-    monkeypatch.setattr(tracking, "_context", None)
+    monkeypatch.setattr(tracking.client, "_context", None)
     monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
     tracking.configure(settings)
     return settings

@@ -9,7 +9,8 @@ from pixart import tracking
 from pixart.config import load_profile
 from pixart.settings import Settings
 from pixart.train.checkpoint import ResumeError
-from pixart.train.trainer import StageJob, train
+from pixart.train.job import StageJob
+from pixart.train.trainer import train
 from tests.test_dmd_stage import _world
 
 

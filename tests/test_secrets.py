@@ -96,7 +96,7 @@ def test_http_credentials_reach_mlflow_beside_the_uri_not_inside_it(monkeypatch)
 @pytest.fixture
 def restore_mlflow(monkeypatch):
     """configure() points mlflow's process-wide URIs at the settings it gets: put them back."""
-    monkeypatch.setattr(tracking, "_context", None)
+    monkeypatch.setattr(tracking.client, "_context", None)
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         monkeypatch.delenv(key, raising=False)
     previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
@@ -125,7 +125,7 @@ def test_an_unreachable_tracking_server_names_no_password(secret_env, restore_ml
 def test_registry_errors_name_the_store_with_its_password_masked(restore_mlflow, monkeypatch, tmp_path):
     tracking.configure(Settings(root=tmp_path, tracking_uri="", artifact_location=""))
     # The messages name the URI of the settings in use: one whose password a database URI must keep.
-    monkeypatch.setattr(tracking, "_context", dataclasses.replace(tracking._ctx(), settings=Settings(
+    monkeypatch.setattr(tracking.client, "_context", dataclasses.replace(tracking.client._ctx(), settings=Settings(
         root=tmp_path, tracking_uri=DB_URI)))
     for call in (lambda: tracking.model_version("no-such-alias"), lambda: tracking.model_version("99"),
                  lambda: tracking.resolve_weak_input("no-such-stage", tmp_path / "outputs")):
@@ -142,7 +142,7 @@ def test_stage_run_params_and_tags_hold_no_secret_of_the_environment(secret_env,
         tracking.stage_run("base", {"stage": {"steps": 1}, "profile": "tiny"}, data_version="d1") as run,
     ):
         run.set_tags({"weak_input": ""})
-    client = tracking._ctx().client
+    client = tracking.client._ctx().client
     for run_id in (parent_id, run.run_id):
         data = client.get_run(run_id).data
         assert_no_secret(str(data.params) + str(data.tags))

@@ -126,7 +126,7 @@ def test_the_import_stage_converts_the_pixart_alpha_stand_in_into_a_transformer_
     from pixart.models.convert import OFFICIAL_EXTRAS, load_official, official_to_ours, ours_to_official
     from pixart.models.specs import get_spec
     from pixart.train.components import Components
-    from pixart.train.trainer import StageJob
+    from pixart.train.job import StageJob
     from pixart.train.weak_input import load_transformer
 
     name, profile = load_profile(PROFILE)

@@ -23,7 +23,7 @@ PARENT_TAG = "mlflow.parentRunId"
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     settings = Settings(root=tmp_path_factory.mktemp("tracking"), tracking_uri="", artifact_location="")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tracking, "_context", None)
+        mp.setattr(tracking.client, "_context", None)
         mp.delenv(tracking.PARENT_RUN_ENV, raising=False)
         tracking.configure(settings)
         yield settings
@@ -31,7 +31,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.fixture
 def client(embedded: Settings):
-    return tracking._ctx().client
+    return tracking.client._ctx().client
 
 
 def make_checkpoint(folder: Path, stage: str) -> Path:
@@ -178,7 +178,7 @@ def test_stage_run_that_raises_is_marked_failed(embedded, client):
 
 
 def test_disabled_stage_run_on_nonzero_rank_logs_nothing(embedded, client, tmp_path):
-    experiment = tracking._ctx().experiment_id
+    experiment = tracking.client._ctx().experiment_id
     before = len(client.search_runs([experiment], max_results=1000))
     with tracking.stage_run("rank1", {"a": 1}, curriculum="rank1-only", enabled=False) as run:
         run.log_params({"b": 2})
@@ -304,7 +304,7 @@ def test_metrics_the_store_does_not_take_are_dropped_counted_and_warned_about_on
 
 
 def test_the_ui_opens_on_runs_names_the_parent_run_and_describes_each_version(embedded, client, tmp_path):
-    experiment = client.get_experiment(tracking._ctx().experiment_id)
+    experiment = client.get_experiment(tracking.client._ctx().experiment_id)
     assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"  # not the GenAI overview
     with (tracking.curriculum_run("smoke", {"profile": "smoke"}) as parent,
           tracking.stage_run("aes-512", {"stage": {"steps": 2}}, data_version="d1") as run):

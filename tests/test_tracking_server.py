@@ -23,7 +23,7 @@ def mlflow_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_register_alias_and_download_through_an_mlflow_server(mlflow_http, tmp_path, monkeypatch):
-    monkeypatch.setattr(tracking, "_context", None)
+    monkeypatch.setattr(tracking.client, "_context", None)
     monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
     settings = Settings(root=tmp_path / "client", tracking_uri=mlflow_http.url, artifact_location="")
     tracking.configure(settings)

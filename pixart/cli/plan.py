@@ -66,7 +66,7 @@ def ds_config(
     num_gpus: Annotated[int | None, typer.Option(min=1, help="GPUs per node (default: the stage's).")] = None,
     num_nodes: Annotated[int, typer.Option(min=1, help="Nodes.")] = 1,
 ) -> None:
-    """Print the DeepSpeed config that `pixart train STAGE` builds for this world size, as JSON."""
+    """Print the DeepSpeed config that the trainer of STAGE builds for this world size, as JSON."""
     from pixart.config import load_profile
     from pixart.train.ds_config import deepspeed_config
 

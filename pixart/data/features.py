@@ -3,10 +3,9 @@
 PixArt trains on pre-extracted features (the official ``load_vae_feat`` / ``load_t5_feat``). Here
 a cache folder holds safetensors shards — one per encoding batch, all items of a shard the same
 size — and ``index.json``. The folder is keyed by a content hash of everything that determines its
-bytes (dataset version, VAE / text-encoder / tokenizer hashes, resolution, buckets, caption kind,
-max tokens, quality filter): the same key is never recomputed, a different one always is, so the
-folder is a sound DVC stage output. Latents are stored unscaled as ``latent_dist.mean`` and
-``.std``, so the trainer samples a fresh latent per step and applies the VAE's scaling factor.
+bytes (``pixart.data.feature_identity``): the same key is never recomputed, a different one always
+is, so the folder is a sound DVC stage output. Latents are stored unscaled as ``latent_dist.mean``
+and ``.std``, so the trainer samples a fresh latent per step and applies the VAE's scaling factor.
 Text features are stored trimmed to the shard's longest real token count, not padded to
 ``max_tokens``; the loader pads them back. Shards are independent, so ranks encode disjoint ones and
 a killed build keeps what it finished (``build_feature_cache``).
@@ -20,7 +19,6 @@ stage trains on under the same data version.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -39,37 +37,12 @@ from tqdm import tqdm
 
 from pixart import atomic
 from pixart.data.buckets import Buckets, nearest_bucket
-from pixart.data.format import DATA_INFO, CaptionKind, DatasetError, Entry, dataset_version, load_dataset
+from pixart.data.feature_identity import CACHE_FORMAT, cache_components, cache_key
+from pixart.data.format import DATA_INFO, CaptionKind, DatasetError, Entry, load_dataset
 
 log = logging.getLogger(__name__)
 
 INDEX = "index.json"
-# Bump when the shard layout changes, so that old caches are recomputed rather than misread.
-CACHE_FORMAT = 2  # 2: the index holds the latents' per-channel range
-
-
-def weights_hash(module: torch.nn.Module) -> str:
-    """sha256 over the module's state_dict: names, dtypes, shapes and bytes, in sorted key order."""
-    digest = hashlib.sha256()
-    state = module.state_dict()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def tokenizer_hash(tokenizer: Any) -> str:
-    """sha256 of a tokenizer's definition (the fast tokenizer's JSON, else its vocabulary)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        definition: Any = sorted(tokenizer.get_vocab().items())
-    else:
-        definition = json.loads(backend.to_str())
-        # the last call's padding / truncation settings live in the JSON too; they are not identity
-        definition.pop("padding", None)
-        definition.pop("truncation", None)
-    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
 
 
 def target_size(entry: Entry, resolution_px: int, buckets: Buckets | None) -> tuple[float, int, int]:
@@ -99,10 +72,6 @@ def load_pixels(path: Path, height: int, width: int) -> torch.Tensor:
     return pixels / 127.5 - 1.0
 
 
-def cache_key(components: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(components, sort_keys=True).encode()).hexdigest()
-
-
 def _read_index(out_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((out_dir / INDEX).read_text())
@@ -110,9 +79,9 @@ def _read_index(out_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def feature_key(out_dir: Path) -> str | None:
-    """The content key of the feature cache in ``out_dir`` (None where there is none): it changes
-    with the VAE, the text encoder, the data and every encoding setting."""
+def built_cache_key(out_dir: Path) -> str | None:
+    """The content key of the feature cache built in ``out_dir`` (None where there is none): it
+    changes with the VAE, the text encoder, the data and every encoding setting."""
     index = _read_index(Path(out_dir))
     return index and index.get("key")
 
@@ -157,23 +126,9 @@ def build_feature_cache(
     if quality not in (None, "high"):
         raise ValueError(f"quality: '{quality}' is not None or 'high'")
     _refuse_outside(dataset_dir)
-    identity = dict(identity or {})
-    components: dict[str, Any] = {
-        "format": CACHE_FORMAT,
-        "dataset_version": dataset_version(dataset_dir),
-        "vae": identity.pop("vae", None) or weights_hash(vae),
-        "text_encoder": identity.pop("text_encoder", None) or weights_hash(text_encoder),
-        "tokenizer": identity.pop("tokenizer", None) or tokenizer_hash(tokenizer),
-        # a folder hash cannot see that T5 ran in bf16: its features differ from fp32's
-        "dtypes": {"vae": str(vae.dtype), "text_encoder": str(text_encoder.dtype)},
-        "resolution_px": resolution_px,
-        "buckets": None if buckets is None else sorted([r, list(hw)] for r, hw in buckets.items()),
-        "caption_kind": caption_kind,
-        "max_tokens": max_tokens,
-        "quality": quality,
-        "limit": limit,
-        "identity": identity,
-    }
+    components = cache_components(dataset_dir, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                  resolution_px=resolution_px, caption_kind=caption_kind, max_tokens=max_tokens,
+                                  buckets=buckets, quality=quality, limit=limit, identity=identity)
     key = cache_key(components)
     existing = _read_index(out_dir)
     if existing is not None and existing.get("key") == key:

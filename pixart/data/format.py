@@ -4,7 +4,8 @@ A dataset folder holds ``data_info.json`` — a list of entries with the officia
 (``path``, ``prompt`` for the raw caption, ``sharegpt4v`` for the dense caption, ``height``,
 ``width``, ``ratio`` = height / width) — and an image folder that ``path`` points into, relative
 to the dataset folder. We add ``quality`` ("high" | "low") and, for generated data, ``scene``
-(background and objects) so that PixEval's alignment judge can train from the format alone.
+(background and objects, ``pixart.data.scenes.Scene``) so that PixEval's alignment judge can
+train from the format alone.
 """
 
 from __future__ import annotations
@@ -17,24 +18,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pixart import atomic
+from pixart.data.scenes import Scene
 
 DATA_INFO = "data_info.json"
 IMAGES = "images"
 CaptionKind = Literal["raw", "dense"]
-
-
-class SceneObjectInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    shape: str
-    color: str
-    size: str
-    position: str
-
-
-class SceneInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    background: str
-    objects: list[SceneObjectInfo]
 
 
 class Entry(BaseModel):
@@ -49,7 +37,7 @@ class Entry(BaseModel):
     width: int = Field(gt=0)
     ratio: float = Field(gt=0, description="height / width, as in the official data_info.")
     quality: Literal["high", "low"] = "high"
-    scene: SceneInfo | None = None
+    scene: Scene | None = None
 
     def caption(self, kind: CaptionKind) -> str:
         """The raw (``prompt``) or dense (``sharegpt4v``) caption."""

@@ -10,7 +10,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pixart import atomic
-from pixart.data.format import IMAGES, Entry, SceneInfo, write_data_info
+from pixart.data.format import IMAGES, Entry, write_data_info
 from pixart.data.scenes import (
     SceneSpec,
     degrade,
@@ -20,13 +20,6 @@ from pixart.data.scenes import (
     sample_ratio,
     sample_scene,
 )
-
-
-def spec_from_generator(generator: object, **overrides: object) -> SceneSpec:
-    """A SceneSpec from params.yaml's ``data.generator`` section (pixart.config.GeneratorConfig)."""
-    fields = ("max_objects", "size_fraction", "low_quality_fraction", "square_fraction", "raw_wrong_prob")
-    given = {f: getattr(generator, f) for f in fields if getattr(generator, f) is not None}
-    return SceneSpec(**given, **overrides)
 
 
 def image_size(ratio: float, short_side: int) -> tuple[int, int]:
@@ -53,7 +46,7 @@ def generate_entry(index: int, *, seed: int, split: str, resolution_px: int, spe
         width=width,
         ratio=height / width,
         quality="low" if low else "high",
-        scene=SceneInfo.model_validate(scene.to_dict()),
+        scene=scene,
     )
     return entry, image
 

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from pixart import atomic
 from pixart.config import DataConfig
 from pixart.data.format import DATA_INFO, IMAGES, DatasetError, Entry, load_dataset, write_data_info
-from pixart.data.generate import generate_dataset, spec_from_generator
+from pixart.data.generate import generate_dataset
 from pixart.data.importers import (
     DENSE_SUFFIX,
     REPORT,
@@ -93,8 +93,7 @@ def prepare(data: DataConfig, train_dir: Path, heldout_dir: Path, *, root: Path)
     if data.source == "generated":
         gen, reports = data.generator, {}
         for split, n, out in zip(SPLITS, (gen.n_images, gen.n_heldout), (train_dir, heldout_dir), strict=True):
-            generate_dataset(out, n=n, seed=gen.seed, resolution_px=gen.resolution_px, spec=spec_from_generator(gen),
-                             split=split)
+            generate_dataset(out, n=n, seed=gen.seed, resolution_px=gen.resolution_px, spec=gen, split=split)
             reports[split] = {"split": split, "source": "generated", "entries": n,
                               "path": f"the scene generator (seed {gen.seed})"}
         return reports

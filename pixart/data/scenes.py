@@ -11,7 +11,6 @@ stage sees real detail, never upsampled pixels.
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -41,7 +40,8 @@ _COUNTS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight",
 
 
 class SceneSpec(BaseModel):
-    """Vocabulary and difficulty of the generated scenes; tune it to make conditioning learnable."""
+    """Vocabulary and difficulty of the generated scenes; tune it to make conditioning learnable.
+    params.yaml's ``data.generator`` section (pixart.config.GeneratorConfig) holds these fields."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -68,7 +68,9 @@ class SceneSpec(BaseModel):
     )
     raw_wrong_prob: float = Field(0.2, ge=0, le=1, description="Chance that a raw caption names a wrong colour.")
     raw_omit_prob: float = Field(0.5, ge=0, le=1, description="Chance that a raw caption drops an attribute.")
-    low_quality_fraction: float = Field(0.3, ge=0, le=1, description="Share of degraded images (quality 'low').")
+    low_quality_fraction: float = Field(
+        0.3, ge=0, le=1, description="Share of degraded images (blur, JPEG, noise; quality 'low'): the non-aesthetic tier."
+    )
     square_fraction: float = Field(0.5, ge=0, le=1, description="Share of square images; the rest are 0.25..4.")
     min_ratio: float = Field(0.25, gt=0, description="Smallest height/width of non-square images.")
     max_ratio: float = Field(4.0, gt=0, description="Largest height/width of non-square images.")
@@ -89,25 +91,20 @@ class SceneSpec(BaseModel):
         return self
 
 
-@dataclass(frozen=True)
-class SceneObject:
+class SceneObject(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
     shape: str
     color: str
     size: str
     position: str
 
 
-@dataclass(frozen=True)
-class Scene:
+class Scene(BaseModel):
+    """One generated image's content, as the renderer draws it and data_info.json stores it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
     background: str
     objects: tuple[SceneObject, ...]
-
-    def to_dict(self) -> dict:
-        return {"background": self.background, "objects": [asdict(o) for o in self.objects]}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Scene:
-        return cls(data["background"], tuple(SceneObject(**o) for o in data["objects"]))
 
 
 def sample_scene(rng: np.random.Generator, spec: SceneSpec) -> Scene:

@@ -9,7 +9,6 @@ first-order step to sigma = 0 is exactly the formula above. A checkpoint is one-
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pixart.diffusion.schedule import Schedule, linear_schedule, use_dpm_solver
+from pixart.stage_info import StageInfo
 
 if TYPE_CHECKING:
     from diffusers import PixArtSigmaPipeline
@@ -34,14 +34,7 @@ def predicted_x0(x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor | int,
 
 def one_step_t_gen(pipeline_dir: str | Path) -> int | None:
     """The generator timestep of a one-step (DMD) checkpoint folder; None for a multi-step model."""
-    path = Path(pipeline_dir) / "stage.json"
-    if not path.is_file():
-        return None
-    info = json.loads(path.read_text())
-    if "t_gen" in info:
-        return int(info["t_gen"])
-    config = info.get("config") or {}
-    return int(config["dmd"]["t_gen"]) if config.get("kind") == "dmd" else None
+    return StageInfo.read(pipeline_dir).t_gen if StageInfo.exists(pipeline_dir) else None
 
 
 def sample_one_step(

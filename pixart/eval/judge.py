@@ -22,14 +22,14 @@ from torch import nn
 from tqdm.auto import trange
 
 from pixart import atomic
-from pixart.data.format import SceneInfo, load_dataset
-from pixart.data.scenes import POSITIONS
+from pixart.data.format import load_dataset
+from pixart.data.scenes import POSITIONS, Scene
 from pixart.eval.images import Images, as_float_nchw, resize
 
 MIN_HELD_OUT_ACCURACY = 0.90
 WEIGHTS, CONFIG = "judge.safetensors", "judge.json"
 ATTRIBUTES = ("shape", "color", "size")
-SceneLike = SceneInfo | Mapping
+SceneLike = Scene | Mapping
 
 
 class JudgeTooInaccurate(RuntimeError):
@@ -107,8 +107,8 @@ class _Targets:
         return _Targets(**{k: v[idx] for k, v in vars(self).items()})
 
 
-def _scene(scene: SceneLike) -> SceneInfo:
-    return scene if isinstance(scene, SceneInfo) else SceneInfo.model_validate(dict(scene))
+def _scene(scene: SceneLike) -> Scene:
+    return scene if isinstance(scene, Scene) else Scene.model_validate(dict(scene))
 
 
 def _encode(scenes: Sequence[SceneLike], vocab: Vocabulary) -> _Targets:
@@ -143,7 +143,7 @@ def _check_square(images: torch.Tensor) -> None:
         raise ValueError(f"images: the judge reads square images only (trained on them), got {h}x{w}")
 
 
-def _load_real_images(dataset_dir: Path, resolution: int) -> tuple[torch.Tensor, list[SceneInfo]]:
+def _load_real_images(dataset_dir: Path, resolution: int) -> tuple[torch.Tensor, list[Scene]]:
     """The square, scene-annotated images of a dataset, resized to ``resolution``."""
     images, scenes = [], []
     for entry in load_dataset(dataset_dir):
@@ -161,7 +161,7 @@ def _load_real_images(dataset_dir: Path, resolution: int) -> tuple[torch.Tensor,
     return torch.cat(images), scenes
 
 
-def _vocabulary(scenes: Sequence[SceneInfo]) -> Vocabulary:
+def _vocabulary(scenes: Sequence[Scene]) -> Vocabulary:
     objects = [o for s in scenes for o in s.objects]
     return Vocabulary(
         shape=tuple(sorted({o.shape for o in objects})),

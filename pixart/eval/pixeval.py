@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from pixart import atomic
-from pixart.data.format import Entry, SceneInfo, dataset_version, load_dataset
+from pixart.data.format import Entry, dataset_version, load_dataset
+from pixart.data.scenes import Scene
 from pixart.eval.backbones import FeatureBackbone
 from pixart.eval.clip_score import ClipScorer, clip_score
 from pixart.eval.fid import Statistics, extract_features, frechet_distance_to, image_statistics
@@ -50,7 +51,7 @@ class HeldOut:
         return [e.caption("dense") or e.caption("raw") for e in self.entries]
 
     @property
-    def scenes(self) -> list[SceneInfo | None]:
+    def scenes(self) -> list[Scene | None]:
         return [e.scene for e in self.entries]
 
 
@@ -109,7 +110,7 @@ def _generate(
     return _as_uint8(images), (time.perf_counter() - start) / len(prompts)
 
 
-def _alignment(judge: Judge, images: np.ndarray, scenes: Sequence[SceneInfo | None]) -> tuple[Metrics, np.ndarray | None]:
+def _alignment(judge: Judge, images: np.ndarray, scenes: Sequence[Scene | None]) -> tuple[Metrics, np.ndarray | None]:
     """The alignment metrics and the per-image alignment (None when the judge refuses)."""
     accuracy = judge.report.held_out_accuracy
     if accuracy < MIN_HELD_OUT_ACCURACY:
@@ -199,7 +200,7 @@ class StageEvaluation:
 def evaluate_stage(
     stage_dir: Path,
     prompts: Sequence[str],
-    scenes: Sequence[SceneInfo | None],
+    scenes: Sequence[Scene | None],
     reference: Statistics,
     *,
     steps: int,

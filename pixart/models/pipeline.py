@@ -8,7 +8,6 @@ repository names), so ``import pixart.models`` must precede ``PixArtSigmaPipelin
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from pixart import atomic
 from pixart.diffusion.schedule import dpm_solver_scheduler
 from pixart.models.builders import precision_dtype
 from pixart.models.transformer import PixArtSigmaTransformer
+from pixart.stage_info import StageInfo
 
 
 def save_pipeline(
@@ -71,8 +71,7 @@ def load_pipeline(
     pipeline = PixArtSigmaPipeline.from_pretrained(
         directory, dtype={"transformer": dtype, "text_encoder": dtype, "default": torch.float32}, **without
     )
-    stage_file = directory / "stage.json"
-    latent_range = json.loads(stage_file.read_text()).get("latent_range") if stage_file.is_file() else None
+    latent_range = StageInfo.read(directory).latent_range if StageInfo.exists(directory) else None
     if latent_range is not None:
-        pipeline.scheduler = dpm_solver_scheduler(latent_range)
+        pipeline.scheduler = dpm_solver_scheduler(latent_range.model_dump())
     return pipeline.to(device or run_device())

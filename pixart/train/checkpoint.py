@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from pixart import atomic
 from pixart.hashing import file_sha256
 from pixart.train import distributed
+from pixart.train.ema import EMA
 
 KEEP = 2
 MANIFEST_SUFFIX = ".manifest.json"
@@ -103,14 +104,15 @@ class ResumableState:
         return sorted(p.relative_to(self.dir).as_posix() for d in self._tag_dirs(tag) for p in d.rglob("*")
                       if p.is_file())
 
-    def save(self, engine, step: int, ema, extra: dict[str, Any]) -> None:
+    def save(self, engine, step: int, ema: EMA | None, extra: dict[str, Any]) -> None:
         """Save ``step`` (companions' tag folders already written), then its manifest, then the
-        pointer; keep the newest ``KEEP`` checkpoints."""
+        pointer; keep the newest ``KEEP`` checkpoints. ``ema``: None for a trainer without one."""
         tag = step_tag(step)
-        engine.save_checkpoint(str(self.dir), tag=tag, client_state={"step": step, **extra}, save_latest=False)
+        client = {"step": step, **extra, **({"ema_updates": ema.updates} if ema is not None else {})}
+        engine.save_checkpoint(str(self.dir), tag=tag, client_state=client, save_latest=False)
         if os.environ.get(SIGKILL_IN_SAVE_ENV) == str(step):
             os.kill(os.getpid(), signal.SIGKILL)
-        if distributed.is_main():
+        if distributed.is_main() and ema is not None:
             save_file({k: v.contiguous().cpu() for k, v in ema.shadow.items()}, self.dir / tag / "ema.safetensors",
                       metadata={"updates": str(ema.updates), "decay": str(ema.decay)})
         distributed.barrier()
@@ -153,9 +155,9 @@ class ResumableState:
             raise ResumeError(f"{self.dir / first}{more}: the checkpoint {tag} does not match {manifest}, so it "
                               f"changed on disk after it was saved; nothing was loaded: {restart}")
 
-    def load(self, engine, ema) -> dict[str, Any] | None:
+    def load(self, engine, ema: EMA | None) -> dict[str, Any] | None:
         """Restore engine (model, optimizer, LR schedule) and EMA; return the client state (step,
-        sampler position)."""
+        sampler position); None when nothing was saved."""
         latest = self.latest()
         if latest is None:
             return None
@@ -169,15 +171,7 @@ class ResumableState:
         self.verify(tag)
         _, client = engine.load_checkpoint(str(self.dir), tag=tag, load_optimizer_states=True,
                                            load_lr_scheduler_states=True)
-        shadow = load_file(self.dir / tag / "ema.safetensors")
-        ema.load_state_dict({"decay": ema.decay, "updates": client["ema_updates"], "shadow": shadow})
+        if ema is not None:
+            shadow = load_file(self.dir / tag / "ema.safetensors")
+            ema.load_state_dict({"decay": ema.decay, "updates": client["ema_updates"], "shadow": shadow})
         return client
-
-    def resume(self, engine, ema, sampler) -> int:
-        """Restore engine, EMA and the sampler's position from the last checkpoint; the step to
-        continue after (0: nothing saved, a fresh start)."""
-        client = self.load(engine, ema)
-        if client is None:
-            return 0
-        sampler.load_state_dict(client["sampler"])
-        return client["step"]

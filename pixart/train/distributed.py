@@ -6,6 +6,7 @@ world of one, since DeepSpeed otherwise falls back to MPI discovery (``No module
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 
@@ -29,7 +30,16 @@ def init(master_addr: str = "127.0.0.1", master_port: int | None = None) -> tupl
         )
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        # a group still alive at interpreter exit tears its threads down from a destructor: a gloo rank
+        # that had written all its outputs was seen to abort there ("terminate called without an active
+        # exception", SIGABRT), which failed its launcher
+        atexit.register(_leave)
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def _leave() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def device() -> torch.device:

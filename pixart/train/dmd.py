@@ -12,29 +12,22 @@ and the exported EMA generator is a diffusers pipeline like every stage's.
 
 from __future__ import annotations
 
-import itertools
-import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from pixart import tracking
 from pixart.config import DMDConfig
-from pixart.data.buckets import AspectRatioBatchSampler
-from pixart.data.features import FeatureCache
-from pixart.data.null_caption import load_null_caption
 from pixart.diffusion.losses import q_sample
 from pixart.diffusion.one_step import predicted_x0
 from pixart.diffusion.schedule import NUM_TRAIN_TIMESTEPS
 from pixart.models.builders import with_null_caption
-from pixart.train import distributed
-from pixart.train.checkpoint import ResumableState, step_tag
 from pixart.train.dmd_pairs import TeacherPairs, latent_shape
-from pixart.train.ds_config import deepspeed_config
 from pixart.train.ema import EMA
-from pixart.train.optim import build_optimizer, constant_with_warmup
-from pixart.train.trainer import StageJob, denoiser_output, export_ema, global_mean, report_progress
+from pixart.train.job import StageJob
+from pixart.train.loop import keyed_generator, rank_slice
+from pixart.train.trainer import StageTrainer, denoiser_output
 from pixart.train.weak_input import load_transformer
 
 # The distribution-matching timestep range of DMD: t in [0.02, 0.98] x 1000.
@@ -73,10 +66,9 @@ def distribution_matching_loss(x0: torch.Tensor, x0_real: torch.Tensor, x0_fake:
 
 def dmd_draws(seed: int, step: int, micro_step: int, global_n: int, shape: torch.Size, n_pairs: int,
               rank: int, world: int) -> dict[str, torch.Tensor]:
-    """The randomness of one global DMD micro-batch, keyed by (seed, step, micro-step) and sliced by rank,
-    as the stage trainer's ``_draws``: generator noise, the distribution-matching t and noise, the fake
-    score's t and noise, and which teacher pairs enter the regression loss."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step * 1_009 + micro_step)
+    """The randomness of one global DMD micro-batch: generator noise, the distribution-matching t and
+    noise, the fake score's t and noise, and which teacher pairs enter the regression loss."""
+    g = keyed_generator(seed, step, micro_step)
     latent = (global_n, *shape)
     draws = {
         "z": torch.randn(latent, generator=g),
@@ -86,7 +78,7 @@ def dmd_draws(seed: int, step: int, micro_step: int, global_n: int, shape: torch
         "fake_noise": torch.randn(latent, generator=g),
         "pairs": torch.randint(0, n_pairs, (global_n,), generator=g),
     }
-    return {k: v[rank::world] for k, v in draws.items()}
+    return rank_slice(draws, rank, world)
 
 
 def dmd_step(generator, fake_score, teacher, cfg: DMDConfig, draws: dict[str, torch.Tensor],
@@ -116,98 +108,59 @@ def dmd_step(generator, fake_score, teacher, cfg: DMDConfig, draws: dict[str, to
             "fake_score": fake.detach()}
 
 
-def _engine(model: torch.nn.Module, job: StageJob, lr: float, world: int):
-    import deepspeed
-
-    train_cfg, stage = job.profile.train, job.stage
-    optimizer = build_optimizer(model.parameters(), train_cfg, lr)
-    engine, _, _, schedule = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=constant_with_warmup(optimizer, stage.warmup_steps),
-        config=deepspeed_config(train_cfg, stage.batch_size, world),
-    )
-    return engine, schedule
-
-
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+class DMDTrainer(StageTrainer):
+    """The stage trainer with DMD's three models and its micro-step; the rest is the stage's."""
+
+    def __init__(self, job: StageJob, pairs_file: Path) -> None:
+        if job.weak_input is None:
+            raise ValueError(f"stages.{job.name}.init_from: DMD needs a teacher (the weak input)")
+        super().__init__(job)
+        self.cfg: DMDConfig = job.stage.dmd
+        self.pairs_file = pairs_file
+
+    def build(self) -> None:
+        job = self.job
+        # the frozen real score runs in the engines' precision: inference only, and half the memory at xl
+        dtype = torch.bfloat16 if self.train.precision == "bf16" else torch.float32
+        self.teacher = load_transformer(job, job.components).to(self.device, dtype).eval().requires_grad_(False)
+        generator = self.trainable()
+        self.ema = EMA(generator, self.train.ema_decay)
+        self.engine = self.engine_of(generator, job.stage.lr)
+        self.companions = {FAKE_SCORE_DIR: self.engine_of(load_transformer(job, job.components),
+                                                          self.cfg.fake_lr or job.stage.lr)}
+        self.load_captions()
+        self.shape = latent_shape(self.cache)
+        self.pairs = TeacherPairs(self.pairs_file)
+        if self.pairs.batch(torch.tensor([0]))["latent"].shape[1:] != self.shape:
+            raise ValueError(f"{self.pairs_file}: pair latents do not match the {tuple(self.shape)} latents of "
+                             f"{job.features}; remake the teacher pairs")
+        self.null_caption = tuple(t.to(self.device) for t in self.null_caption)
+
+    def micro_step(self, step: int, micro_step: int) -> dict[str, torch.Tensor]:
+        cache, device = self.cache, self.device
+        indices = next(self.batches)
+        captions = cache.collate([cache[i] for i in indices[self.rank::self.world]])
+        draws = _to(dmd_draws(self.train.seed, step, micro_step, len(indices), self.shape, len(self.pairs),
+                              self.rank, self.world), device)
+        pair = self.pairs.batch(draws.pop("pairs").cpu())
+        pair_captions = cache.collate([cache[int(i)] for i in pair.pop("index")])
+        return dmd_step(
+            self.engine, self.companions[FAKE_SCORE_DIR], self.teacher, self.cfg, draws,
+            _to({"text": captions["text"], "mask": captions["mask"]}, device), self.null_caption,
+            _to({**pair, "text": pair_captions["text"], "mask": pair_captions["mask"]}, device),
+        )
+
+    def run_params(self) -> dict[str, Any]:
+        return {**super().run_params(), "teacher_pairs": str(self.pairs_file)}
+
+    def run_tags(self) -> dict[str, str]:
+        return {"data_version": self.job.data_version, "weak_input": self.job.stage.init_from, "one_step": "true"}
+
+
 def train_dmd(job: StageJob, pairs_file: Path) -> Path:
     """Run the DMD stage ``job`` (its weak input is the teacher) and export the one-step generator."""
-    if job.weak_input is None:
-        raise ValueError(f"stages.{job.name}.init_from: DMD needs a teacher (the weak input)")
-    cfg: DMDConfig = job.stage.dmd
-    rank, world = distributed.init()
-    train_cfg, stage = job.profile.train, job.stage
-    device = distributed.device()
-    torch.manual_seed(train_cfg.seed)
-
-    # the frozen real score runs in the engines' precision: inference only, and half the memory at xl
-    dtype = torch.bfloat16 if train_cfg.precision == "bf16" else torch.float32
-    teacher = load_transformer(job, job.components).to(device, dtype).eval().requires_grad_(False)
-    generator_model = load_transformer(job, job.components)
-    if train_cfg.grad_checkpointing:
-        generator_model.enable_gradient_checkpointing()
-    ema = EMA(generator_model, train_cfg.ema_decay)
-    generator, schedule = _engine(generator_model, job, stage.lr, world)
-    fake_score, _ = _engine(load_transformer(job, job.components), job, cfg.fake_lr or stage.lr, world)
-
-    cache = FeatureCache(job.features)
-    shape = latent_shape(cache)
-    pairs = TeacherPairs(pairs_file)
-    if pairs.batch(torch.tensor([0]))["latent"].shape[1:] != shape:
-        raise ValueError(f"{pairs_file}: pair latents do not match the {tuple(shape)} latents of {job.features}; "
-                         "remake the teacher pairs")
-    micro = generator.train_micro_batch_size_per_gpu()
-    sampler = AspectRatioBatchSampler(cache.ratios, micro * world, seed=train_cfg.seed, drop_last=True)
-    null = tuple(t.to(device) for t in load_null_caption(job.features))
-
-    state = ResumableState(job.state_dir, companions=[FAKE_SCORE_DIR])
-    start = state.resume(generator, ema, sampler)
-    if start:
-        fake_score.load_checkpoint(str(job.state_dir / FAKE_SCORE_DIR), tag=state.latest()[0],
-                                   load_optimizer_states=True, load_lr_scheduler_states=True)
-
-    batches = itertools.chain.from_iterable(itertools.repeat(sampler))
-    run_params = {"stage": stage.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"),
-                  "profile": job.profile_name, "model": job.profile.model, "world_size": world,
-                  "resumed_from_step": start, "teacher_pairs": str(pairs_file)}
-    with tracking.stage_run(job.name, run_params, enabled=distributed.is_main(), run_file=state.run_file) as run:
-        run.set_tags({"data_version": job.data_version, "weak_input": stage.init_from, "one_step": "true"})
-        seen, tick = 0, time.perf_counter()
-        for step in range(start + 1, stage.steps + 1):
-            for micro_step in range(generator.gradient_accumulation_steps()):
-                indices = next(batches)
-                captions = cache.collate([cache[i] for i in indices[rank::world]])
-                draws = _to(dmd_draws(train_cfg.seed, step, micro_step, len(indices), shape, len(pairs), rank, world),
-                            device)
-                pair = pairs.batch(draws.pop("pairs").cpu())
-                pair_captions = cache.collate([cache[int(i)] for i in pair.pop("index")])
-                losses = dmd_step(
-                    generator, fake_score, teacher, cfg, draws,
-                    _to({"text": captions["text"], "mask": captions["mask"]}, device), null,
-                    _to({**pair, "text": pair_captions["text"], "mask": pair_captions["mask"]}, device),
-                )
-                seen += len(indices)
-            ema.update(generator.module)
-
-            if step % train_cfg.log_every == 0 or step == stage.steps:
-                metrics = {**global_mean(losses, world), "lr": schedule.get_last_lr()[0],
-                           "grad_norm": float(generator.get_global_grad_norm() or 0.0),
-                           "images_per_s": seen / (time.perf_counter() - tick)}
-                run.log_metrics(metrics, step=step)
-                report_progress(job.name, step, stage.steps, train_cfg.log_every, metrics)
-                seen, tick = 0, time.perf_counter()
-            if step % train_cfg.save_every == 0 or step == stage.steps:
-                _save(state, generator, fake_score, ema, step, sampler)
-
-        return export_ema(job, generator, ema, run)
-
-
-def _save(state: ResumableState, generator, fake_score, ema: EMA, step: int, sampler) -> None:
-    """The fake score's checkpoint first, the generator's (which writes the manifest of both and moves
-    the pointer) last: a kill in between leaves the previous pointer, whose two checkpoints are
-    complete. The fake score is a companion of the state: its tags rotate with the generator's."""
-    fake_score.save_checkpoint(str(state.dir / FAKE_SCORE_DIR), tag=step_tag(step), save_latest=False)
-    state.save(generator, step, ema, {"sampler": sampler.state_dict(), "ema_updates": ema.updates})
-
+    return DMDTrainer(job, pairs_file).run()

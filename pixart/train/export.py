@@ -14,23 +14,20 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import diffusers
 from safetensors import SafetensorError
 
 from pixart import atomic, tracking
-from pixart.data.features import FeatureCache, feature_key
+from pixart.data.features import FeatureCache, built_cache_key
 from pixart.diffusion.schedule import dpm_solver_scheduler
 from pixart.models.builders import text_encoder_classes
 from pixart.models.transformer import PixArtSigmaTransformer
+from pixart.stage_info import LatentRange, StageInfo
 from pixart.train.components import link_tree
+from pixart.train.job import StageJob
 from pixart.train.samples import GRID_FILE, sample_grid
-
-if TYPE_CHECKING:
-    from pixart.train.trainer import StageJob
-
-STAGE_FILE = "stage.json"
 
 
 def model_index(text_encoder: Path) -> dict[str, Any]:
@@ -51,7 +48,7 @@ class ExportError(RuntimeError):
     """The stage folder could not be written; the message names it and what is kept."""
 
 
-def write_pipeline(out_dir: Path, transformer: PixArtSigmaTransformer, job: StageJob, info: dict[str, Any]) -> None:
+def write_pipeline(out_dir: Path, transformer: PixArtSigmaTransformer, job: StageJob, info: StageInfo) -> None:
     try:
         with atomic.folder(out_dir) as tmp:
             transformer.save_pretrained(tmp / "transformer", safe_serialization=True)
@@ -60,7 +57,7 @@ def write_pipeline(out_dir: Path, transformer: PixArtSigmaTransformer, job: Stag
             link_tree(job.components.text_encoder / "text_encoder", tmp / "text_encoder")
             link_tree(job.components.text_encoder / "tokenizer", tmp / "tokenizer")
             atomic.write_json(tmp / "model_index.json", model_index(tmp / "text_encoder"))
-            atomic.write_json(tmp / STAGE_FILE, info)
+            info.write(tmp)
     # safetensors reports a full disk as its own error, not as an OSError
     except (OSError, SafetensorError) as exc:
         free = shutil.disk_usage(out_dir.parent).free
@@ -70,21 +67,15 @@ def write_pipeline(out_dir: Path, transformer: PixArtSigmaTransformer, job: Stag
                           f"checkpoint {job.state_dir}: re-run the stage to export it (it trains no step)") from exc
 
 
-def read_stage_info(stage_dir: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads((Path(stage_dir) / STAGE_FILE).read_text())
-
-
-def latent_range(job: StageJob) -> dict[str, list[float]] | None:
+def latent_range(job: StageJob) -> LatentRange | None:
     """The per-channel range of the stage's training latents, scaled as the transformer sees them:
     the sampler keeps its predicted x0 inside it (``dpm_solver_scheduler``). None for a stage
     without a feature cache (an imported checkpoint)."""
-    if feature_key(job.features) is None:
+    if built_cache_key(job.features) is None:
         return None
     low, high = FeatureCache(job.features).latent_range()
     scale = job.components.scaling_factor()
-    return {"low": [v * scale for v in low], "high": [v * scale for v in high]}
+    return LatentRange(low=[v * scale for v in low], high=[v * scale for v in high])
 
 
 def version_description(job: StageJob, parent_version: str | None) -> str:
@@ -108,19 +99,19 @@ def export_stage(job: StageJob, transformer: PixArtSigmaTransformer, run: tracki
     if not distributed.is_main():
         distributed.barrier()
         return job.out_dir
-    parent = read_stage_info(job.weak_input) if job.weak_input else None
-    info: dict[str, Any] = {
-        "stage": job.name,
-        "parent": job.stage.init_from,
+    parent = StageInfo.read(job.weak_input) if job.weak_input else None
+    info = StageInfo(
+        stage=job.name,
+        parent=job.stage.init_from,
         # a weak input downloaded from the registry carries no version in its stage.json: its alias does
-        "parent_version": (parent.get("model_version") or job.stage.init_from) if parent else None,
-        "profile": job.profile_name,
-        "config": job.stage.model_dump(mode="json"),
-        "step": job.stage.steps,
-        "data_version": job.data_version,
-        "mlflow_run_id": run.run_id,
-        "latent_range": latent_range(job),
-    }
+        parent_version=(parent.model_version or job.stage.init_from) if parent else None,
+        profile=job.profile_name,
+        config=job.stage,
+        step=job.stage.steps,
+        data_version=job.data_version,
+        mlflow_run_id=run.run_id,
+        latent_range=latent_range(job),
+    )
     write_pipeline(job.out_dir, transformer, job, info)
     if job.sample_prompts:
         grid = sample_grid(job.out_dir, job.sample_prompts, job.profile.pixels(job.stage),
@@ -129,12 +120,12 @@ def export_stage(job: StageJob, transformer: PixArtSigmaTransformer, run: tracki
         run.log_image(grid, "samples.png", step=job.stage.steps)
     try:
         version = tracking.register_checkpoint(
-            run, job.out_dir, stage=job.name, weak_input_version=info["parent_version"], data_version=job.data_version,
-            description=version_description(job, info["parent_version"]),
+            run, job.out_dir, stage=job.name, weak_input_version=info.parent_version, data_version=job.data_version,
+            description=version_description(job, info.parent_version),
         )
     except tracking.TrackingUnavailable as exc:
         raise tracking.TrackingUnavailable(f"{exc}; {job.out_dir} and the resumable checkpoint {job.state_dir} are "
                                            "kept: re-run the stage to register it (it trains no step)") from None
-    atomic.write_json(job.out_dir / STAGE_FILE, {**info, "model_version": version})
+    info.model_copy(update={"model_version": version}).write(job.out_dir)
     distributed.barrier()
     return job.out_dir

@@ -18,17 +18,19 @@ unless params fix it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
-from pixart import atomic
+from pixart import atomic, tracking
 from pixart.config import TrainDefaults, VAEConfig
 from pixart.data.format import load_dataset
 from pixart.models.builders import TINY_VAE_CONFIGS, build_vae
 from pixart.train import distributed
+from pixart.train.loop import Trainer, keyed_generator
+from pixart.train.optim import cosine_with_warmup
 
 KL_WEIGHT = 1e-6
 CROP = 32
@@ -39,75 +41,85 @@ HELD_OUT_CROPS = 128
 OBJECT_THRESHOLD = 0.3
 
 
-def _crops(dataset_dir: Path, sizes: list[int], batch: int, rng: np.random.Generator):
-    entries = load_dataset(dataset_dir)
-    images = [Image.open(dataset_dir / e.path).convert("RGB") for e in entries]
-    while True:
-        out = []
-        for i in rng.integers(0, len(images), batch):
-            side = int(rng.choice(sizes))
-            img = images[i]
-            scale = side / min(img.size)
-            img = img.resize((max(CROP, round(img.width * scale)), max(CROP, round(img.height * scale))), Image.BICUBIC)
-            pixels = np.asarray(img, dtype=np.float32)
-            candidates = []
-            for _ in range(CONTENT_CANDIDATES):
-                y, x = rng.integers(0, pixels.shape[0] - CROP + 1), rng.integers(0, pixels.shape[1] - CROP + 1)
-                candidates.append(pixels[y : y + CROP, x : x + CROP])
-            out.append(max(candidates, key=lambda c: float(c.std(axis=(0, 1)).sum())))
-        yield torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2) / 127.5 - 1
+def load_images(dataset_dir: Path) -> list[Image.Image]:
+    return [Image.open(dataset_dir / e.path).convert("RGB") for e in load_dataset(dataset_dir)]
 
 
-def train_vae(name: str, cfg: VAEConfig, train: TrainDefaults, dataset_dir: Path, heldout_dir: Path,
-              sizes: list[int], out_dir: Path, run) -> dict[str, float]:
-    """Train VAE ``name`` and write it to ``out_dir``; returns its held-out reconstruction errors."""
-    import deepspeed
+def crops(images: list[Image.Image], sizes: list[int], batch: int, g: torch.Generator) -> torch.Tensor:
+    """``batch`` CROP x CROP crops in [-1, 1], each of a random image resized to a random one of
+    ``sizes`` (shorter side), the most varied of ``CONTENT_CANDIDATES`` random positions."""
+    out = []
+    for i in torch.randint(0, len(images), (batch,), generator=g).tolist():
+        side = sizes[int(torch.randint(0, len(sizes), (1,), generator=g))]
+        img = images[i]
+        scale = side / min(img.size)
+        img = img.resize((max(CROP, round(img.width * scale)), max(CROP, round(img.height * scale))), Image.BICUBIC)
+        pixels = torch.from_numpy(np.asarray(img, dtype=np.float32))
+        candidates = []
+        for _ in range(CONTENT_CANDIDATES):
+            y = int(torch.randint(0, pixels.shape[0] - CROP + 1, (1,), generator=g))
+            x = int(torch.randint(0, pixels.shape[1] - CROP + 1, (1,), generator=g))
+            candidates.append(pixels[y : y + CROP, x : x + CROP])
+        out.append(max(candidates, key=lambda c: float(c.std(dim=(0, 1)).sum())))
+    return torch.stack(out).permute(0, 3, 1, 2) / 127.5 - 1
 
-    from pixart.train.ds_config import deepspeed_config
-    from pixart.train.optim import cosine_with_warmup
 
-    _, world = distributed.init()
-    vae = build_vae(TINY_VAE_CONFIGS[cfg.config], seed=train.seed)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr)
-    schedule = cosine_with_warmup(optimizer, cfg.steps // 10, cfg.steps)
-    ds = deepspeed_config(train.model_copy(update={"grad_clip": 1.0}), cfg.batch_size, world)
-    engine, _, _, _ = deepspeed.initialize(model=vae, optimizer=optimizer, lr_scheduler=schedule, config=ds)
-    # the posterior samples come from torch's global generator, which a fresh process seeds at random:
-    # unseeded, two runs of the same curriculum trained different VAEs (old VAE held-out MSE 0.16 vs 0.03)
-    torch.manual_seed(train.seed)
-    rng = np.random.default_rng(train.seed)
-    batches = _crops(dataset_dir, sizes, engine.train_micro_batch_size_per_gpu(), rng)
-    for step in tqdm(range(1, cfg.steps + 1), desc=f"vae-{name}", disable=not distributed.is_main()):
-        x = next(batches).to(distributed.device())
-        posterior = engine.module.encode(x).latent_dist
-        recon = engine.module.decode(posterior.sample()).sample
+class VAETrainer(Trainer):
+    """One tiny VAE from scratch: loss = MSE + L1 + KL on crops, a cosine lr, no EMA; exports the VAE
+    folder and returns its held-out reconstruction errors."""
+
+    def __init__(self, name: str, cfg: VAEConfig, train: TrainDefaults, dataset_dir: Path, heldout_dir: Path,
+                 sizes: list[int], out_dir: Path, state_dir: Path, profile_name: str) -> None:
+        super().__init__(f"vae-{name}", train, cfg.steps, cfg.batch_size, state_dir)
+        self.cfg, self.dataset_dir, self.heldout_dir = cfg, dataset_dir, heldout_dir
+        self.sizes, self.out_dir, self.profile_name = sizes, out_dir, profile_name
+
+    def build(self) -> None:
+        vae = build_vae(TINY_VAE_CONFIGS[self.cfg.config], seed=self.train.seed)
+        optimizer = torch.optim.AdamW(vae.parameters(), lr=self.cfg.lr)
+        schedule = cosine_with_warmup(optimizer, self.cfg.steps // 10, self.cfg.steps)
+        self.engine = self.initialize(vae, optimizer, schedule, self.train.model_copy(update={"grad_clip": 1.0}))
+        self.images = load_images(self.dataset_dir)
+
+    def micro_step(self, step: int, micro_step: int) -> dict[str, torch.Tensor]:
+        g = keyed_generator(self.train.seed, step, micro_step)
+        micro = self.engine.train_micro_batch_size_per_gpu()
+        x = crops(self.images, self.sizes, micro * self.world, g)[self.rank :: self.world].to(self.device)
+        posterior = self.engine.module.encode(x).latent_dist
+        recon = self.engine.module.decode(posterior.sample(generator=g)).sample
         mse = torch.nn.functional.mse_loss(recon, x)
         loss = mse + torch.nn.functional.l1_loss(recon, x) + KL_WEIGHT * posterior.kl().mean()
-        engine.backward(loss)
-        engine.step()
-        if step % train.log_every == 0 or step == cfg.steps:
-            run.log_metrics({"loss": loss.item(), "mse": mse.item()}, step=step)
+        self.engine.backward(loss)
+        self.engine.step()
+        return {"loss": loss.detach(), "mse": mse.detach()}
 
-    vae = engine.module.eval()
-    scaling = cfg.scaling_factor or _latent_scale(vae, next(batches))
-    vae.register_to_config(scaling_factor=scaling)
-    held_out = heldout_errors(vae, heldout_dir, sizes, seed=train.seed)
-    run.log_metrics({"scaling_factor": scaling, **held_out}, step=cfg.steps)
-    if distributed.is_main():
-        with atomic.folder(out_dir) as tmp:
-            vae.save_pretrained(tmp, safe_serialization=True)
-    distributed.barrier()
-    return held_out
+    def run_params(self) -> dict[str, Any]:
+        return {"profile": self.profile_name, "vae": self.cfg.model_dump(mode="json"), "sizes": self.sizes}
+
+    def export(self, run: tracking.StageRun) -> dict[str, float]:
+        vae = self.engine.module.eval()
+        # step 0 is no training step: its draws are the crops the latent scale is measured on
+        scaling = self.cfg.scaling_factor or _latent_scale(
+            vae, crops(self.images, self.sizes, self.engine.train_micro_batch_size_per_gpu(),
+                       keyed_generator(self.train.seed, 0, 0)))
+        vae.register_to_config(scaling_factor=scaling)
+        held_out = heldout_errors(vae, self.heldout_dir, self.sizes, seed=self.train.seed)
+        run.log_metrics({"scaling_factor": scaling, **held_out}, step=self.steps)
+        if distributed.is_main():
+            with atomic.folder(self.out_dir) as tmp:
+                vae.save_pretrained(tmp, safe_serialization=True)
+        distributed.barrier()
+        return held_out
 
 
 @torch.no_grad()
 def heldout_errors(vae, heldout_dir: Path, sizes: list[int], seed: int) -> dict[str, float]:
     """Reconstruction MSE (pixels in [-1, 1], posterior mode) on fixed crops of the held-out images:
     over all pixels, and over the objects' pixels only."""
-    crops = next(_crops(heldout_dir, sizes, HELD_OUT_CROPS, np.random.default_rng(seed))).to(vae.device)
-    squared = (vae.decode(vae.encode(crops).latent_dist.mode()).sample - crops) ** 2
-    background = crops.flatten(2).median(-1).values[..., None, None]
-    objects = ((crops - background).abs().sum(1, keepdim=True) > OBJECT_THRESHOLD).float()
+    crops_ = crops(load_images(heldout_dir), sizes, HELD_OUT_CROPS, torch.Generator().manual_seed(seed)).to(vae.device)
+    squared = (vae.decode(vae.encode(crops_).latent_dist.mode()).sample - crops_) ** 2
+    background = crops_.flatten(2).median(-1).values[..., None, None]
+    objects = ((crops_ - background).abs().sum(1, keepdim=True) > OBJECT_THRESHOLD).float()
     return {
         "heldout_mse": squared.mean().item(),
         "heldout_object_mse": ((squared * objects).sum() / (3 * objects.sum()).clamp(min=1)).item(),

@@ -7,8 +7,6 @@ KV compression on in its layers (averaging init, the adaption path).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pixart.models.specs import get_spec
 from pixart.models.transformer import (
     PixArtSigmaTransformer,
@@ -18,9 +16,7 @@ from pixart.models.transformer import (
     set_resolution,
 )
 from pixart.train.components import Components
-
-if TYPE_CHECKING:
-    from pixart.train.trainer import StageJob
+from pixart.train.job import StageJob
 
 
 def latent_side(job: StageJob, components: Components) -> int:

@@ -37,7 +37,7 @@ def stage_job(root: Path, steps: int = STEPS, out_dir: Path | None = None):
     every step."""
     from pixart.config import load_profile
     from pixart.train.components import Components
-    from pixart.train.trainer import StageJob
+    from pixart.train.job import StageJob
 
     name, profile = load_profile("smoke")
     profile = profile.model_copy(update={"train": profile.train.model_copy(update={"save_every": 2, "log_every": 1})})

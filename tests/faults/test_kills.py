@@ -12,7 +12,7 @@ from tests.faults import harness
 
 
 def _stage_runs(stage: str):
-    ctx = tracking._ctx()
+    ctx = tracking.client._ctx()
     return ctx.client.search_runs([ctx.experiment_id], filter_string=f"tags.stage = '{stage}'",
                                   order_by=["attributes.start_time ASC"])
 

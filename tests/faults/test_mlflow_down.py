@@ -36,7 +36,7 @@ def served(server, tmp_path):
 
 
 def _runs(stage: str):
-    ctx = tracking._ctx()
+    ctx = tracking.client._ctx()
     return ctx.client.search_runs([ctx.experiment_id], filter_string=f"tags.stage = '{stage}'",
                                   order_by=["attributes.start_time ASC"])
 
@@ -51,7 +51,7 @@ def test_mlflow_down_at_start_fails_before_the_first_step_naming_the_uri(embedde
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # where the settings put them
         monkeypatch.delenv(key, raising=False)
     # a stage process: settings from its environment, tracking configured on first use
-    monkeypatch.setattr(tracking, "_context", None)
+    monkeypatch.setattr(tracking.client, "_context", None)
     get_settings.cache_clear()
     try:
         with pytest.raises(tracking.TrackingUnavailable) as failed:
@@ -92,7 +92,7 @@ def test_mlflow_down_mid_stage_training_goes_on_and_drops_metrics_with_one_warni
     assert info["model_version"]
     (run,) = _runs(harness.STAGE)
     assert run.info.status == "FINISHED"
-    logged = [m.step for m in tracking._ctx().client.get_metric_history(run.info.run_id, "loss")]
+    logged = [m.step for m in tracking.client._ctx().client.get_metric_history(run.info.run_id, "loss")]
     assert sorted(logged) == [1, 2, 5, 6]
     assert run.data.tags[tracking.METRICS_DROPPED_TAG] == "2"
     warnings = [r.getMessage() for r in caplog.records if DROP_WARNING in r.getMessage()]
@@ -128,7 +128,7 @@ def test_mlflow_down_at_registration_keeps_checkpoint_and_export_and_a_rerun_onl
     assert json.loads((out / "stage.json").read_text())["model_version"]
     failed_run, rerun = _runs(harness.STAGE)
     assert rerun.data.params["resumed_from_step"] == str(harness.STEPS)  # it trained nothing
-    assert not tracking._ctx().client.get_metric_history(rerun.info.run_id, "loss")
+    assert not tracking.client._ctx().client.get_metric_history(rerun.info.run_id, "loss")
     # the failed attempt could not end its run while the store was down: the re-run closed it
     assert failed_run.info.status == "KILLED"
     assert failed_run.data.tags[tracking.RESUMED_BY_TAG] == rerun.info.run_id

@@ -1,4 +1,8 @@
-"""`pixart train STAGE` and `pixart launch MODULE`: a stage in this process or under a multi-process launcher."""
+"""`pixart launch MODULE`: a stage module in this process or under a multi-process launcher.
+
+A DVC stage's command names the module that runs it: ``python -m stages.train align`` on one process,
+``python -m pixart launch --num-gpus 8 stages.train align`` on several, which wraps that same module in
+torchrun or the deepspeed launcher. The module is an argument: ``pixart`` never names ``stages``."""
 
 from __future__ import annotations
 
@@ -11,38 +15,15 @@ from pathlib import Path
 import typer
 
 
-def train(
-    stage: str = typer.Argument(..., help="Stage name from params.yaml."),
-    profile: str = typer.Option(None, help="params.yaml profile (default: its 'profile')."),
-    launcher: str = typer.Option(None, help="auto | none | deepspeed | torchrun (default: PIXART_LAUNCHER, auto)."),
-    num_gpus: int = typer.Option(None, help="Processes per node (default: PIXART_NUM_GPUS, else the stage's num_gpus)."),
-    num_nodes: int = typer.Option(None, help="Nodes (default: PIXART_NUM_NODES); >1 needs a hostfile."),
-    dry_run: bool = typer.Option(False, help="Print the command instead of running it."),
-) -> None:
-    """Train STAGE from its weak input (or resume it) and export its checkpoint."""
-    from pixart.config import ParamsError, load_profile
-    from pixart.settings import get_settings
-
-    settings = get_settings()
-    try:
-        config = load_profile(profile)[1].stages[stage]
-    except (ParamsError, KeyError) as exc:
-        raise typer.BadParameter(f"stage '{stage}': {exc}") from None
-    # an import converts weights in one process; a training stage runs on its params' num_gpus
-    gpus = 1 if config.kind == "import" else num_gpus or settings.num_gpus or config.num_gpus
-    module = ["stages.train", stage, *(["--profile", profile] if profile else [])]
-    _run(launch_command(module, gpus, num_nodes or settings.num_nodes, launcher or settings.launcher), dry_run)
-
-
 def launch(
     ctx: typer.Context,
-    module: str = typer.Argument(..., help="A stage module, e.g. stages.features; its arguments follow it."),
+    module: str = typer.Argument(..., help="A stage module, e.g. stages.train; its arguments follow it."),
     num_gpus: int = typer.Option(1, help="Processes per node (PIXART_NUM_GPUS overrides it)."),
     num_nodes: int = typer.Option(None, help="Nodes (default: PIXART_NUM_NODES); >1 needs a hostfile."),
     launcher: str = typer.Option(None, help="auto | none | deepspeed | torchrun (default: PIXART_LAUNCHER, auto)."),
     dry_run: bool = typer.Option(False, help="Print the command instead of running it."),
 ) -> None:
-    """Run a stage module on NUM_GPUS processes (features, teacher pairs): each rank does its share."""
+    """Run a stage module on NUM_GPUS processes (a training stage, features, teacher pairs): each rank does its share."""
     from pixart.settings import get_settings
 
     settings = get_settings()
@@ -91,5 +72,4 @@ def _launcher_bin(name: str) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train)
     app.command("launch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(launch)

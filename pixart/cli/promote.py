@@ -1,17 +1,8 @@
-"""``pixart pixeval`` (the PixEval stage) and ``pixart promote`` (move an alias by PixEval)."""
+"""``pixart promote``: move an alias to the best checkpoint by PixEval."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import typer
-
-
-def pixeval(profile: str = typer.Option(None, help="params.yaml profile (default: its 'profile').")) -> None:
-    """Evaluate every trained stage of the profile on the held-out prompts (what `dvc repro` runs)."""
-    cmd = [sys.executable, "-m", "stages.pixeval", *(["--profile", profile] if profile else [])]
-    raise typer.Exit(subprocess.call(cmd))
 
 
 def promote(
@@ -38,5 +29,4 @@ def promote(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("pixeval")(pixeval)
     app.command("promote")(promote)

@@ -1,10 +1,4 @@
-"""MLflow for the curriculum: runs, lineage tags, registered checkpoint versions, aliases, promotion.
-
-The only module of the project that imports mlflow. One experiment holds the curriculum; a parent
-run groups one curriculum run, a child run per stage holds its params, per-step metrics, system
-metrics and sample images; each stage's checkpoint becomes a version of the registered model with
-alias = stage name and a ``weak_input`` tag naming the version it was fine-tuned from, so the chain
-back to ``base`` can be walked. Works against the embedded SQLite file and an ``mlflow server`` URL.
+"""The curriculum's parent run and each stage's run: params, metrics, tags, and their lifecycle.
 
 Run lifecycle under faults (docs/faults.md):
 
@@ -31,194 +25,32 @@ Run lifecycle under faults (docs/faults.md):
 
 from __future__ import annotations
 
-import os
-
-# mlflow reads this on import; without it every process writes ~/.config/mlflow and phones home.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
 import functools
 import json
 import logging
-import subprocess
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from pixart import atomic
-from pixart.settings import ROOT, Settings, get_settings
+from pixart.tracking.client import _Context, _ctx, _innermost, _reaching, _tags, flatten_params, git_commit
 
 log = logging.getLogger(__name__)
 
 PARENT_RUN_ENV = "PIXART_PARENT_RUN_ID"
-CHECKPOINT_ARTIFACT = "checkpoint"
-METRIC_TAG_PREFIX = "metric."
 RESUMED_BY_TAG = "pixart.resumed_by"
 METRICS_DROPPED_TAG = "pixart.metrics_dropped"
 _CURRICULUM_KIND = "curriculum"
-
-T = TypeVar("T")
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking store did not answer; the message names it (password masked) and what was asked."""
-
-
-def _unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` comes from a store that did not answer: refused, timed out, 5xx after the
-    retries (requests), or a database that cannot be opened (SQLAlchemy). A local OSError (a file
-    that cannot be read for upload) is not one."""
-    import requests
-    import sqlalchemy.exc
-
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, (requests.RequestException, sqlalchemy.exc.OperationalError)):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-@contextmanager
-def _reaching(shown: str, doing: str) -> Iterator[None]:
-    """Turn a store that does not answer into TrackingUnavailable naming it (``shown``: its public
-    URI) and the innermost cause only (the outer ones repeat the URI, password and all); other errors
-    pass."""
-    try:
-        yield
-    except TrackingUnavailable:
-        raise
-    except Exception as exc:
-        if not _unreachable(exc):
-            raise
-        raise TrackingUnavailable(f"MLflow at {shown} did not answer while {doing}: {_innermost(exc)}") from None
-
-
-def _innermost(exc: BaseException) -> str:
-    """The root cause of ``exc``: "ConnectionRefusedError: [Errno 111] Connection refused" rather than
-    MLflow's wrapper, whose text repeats the URI, password and all."""
-    while exc.__cause__ or exc.__context__:
-        exc = exc.__cause__ or exc.__context__
-    return f"{type(exc).__name__}: {exc}"
-
-
-@dataclass(frozen=True)
-class _Context:
-    settings: Settings
-    client: MlflowClient
-    experiment_id: str
-
-
-_context: _Context | None = None
-
-
-EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
-
-
-def configure(settings: Settings | None = None) -> str:
-    """Point mlflow at ``settings`` (default: the environment's) and get or create the experiment.
-
-    Returns the experiment id. Every other function configures itself from the environment on first
-    use; call this to use other settings (tests, a second tracking server).
-    """
-    global _context
-    settings = settings or get_settings()
-    uri = settings.resolved_tracking_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    with _reaching(settings.public_tracking_uri, f"looking up experiment '{settings.experiment}'"):
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        experiment = client.get_experiment_by_name(settings.experiment)
-        if experiment is not None:
-            experiment_id = experiment.experiment_id
-        else:
-            experiment_id = _create_or_get(
-                lambda: client.create_experiment(
-                    settings.experiment, artifact_location=_artifact_location(settings)
-                ),
-                lambda: client.get_experiment_by_name(settings.experiment).experiment_id,
-            )
-        # MLflow 3 opens an experiment of unknown kind on its GenAI overview ("Traces 0"); ours holds
-        # training runs, so it says so and the UI opens on the runs
-        if (experiment and experiment.tags.get(EXPERIMENT_KIND_TAG)) != TRAINING_KIND:
-            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
-    _context = _Context(settings, client, experiment_id)
-    return experiment_id
-
-
-def _ctx() -> _Context:
-    if _context is None:
-        configure()
-    assert _context is not None
-    return _context
-
-
-def _artifact_location(settings: Settings) -> str | None:
-    # An mlflow server chooses and proxies its own artifact store; a local path would exist only here.
-    if not settings.artifact_location and settings.resolved_tracking_uri.startswith(("http://", "https://")):
-        return None
-    return settings.resolved_artifact_location
-
-
-def _create_or_get(create: Callable[[], T], get: Callable[[], T]) -> T:
-    """Create, or get what a concurrent process (another DVC stage) created first."""
-    try:
-        return create()
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        return get()
-
-
-@functools.lru_cache
-def git_commit(root: Path = ROOT) -> str:
-    """Short hash of the commit checked out at ``root`` (the project), or "unknown" outside git."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
-def _truncate(value: str, limit: int) -> str:
-    return value if len(value) <= limit else value[: limit - 3] + "..."
-
-
-def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested params as MLflow params: dotted keys, values as strings cut to MLflow's length limit."""
-    flat: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_params(value, f"{name}."))
-            continue
-        if len(name) > MAX_ENTITY_KEY_LENGTH:
-            raise ValueError(
-                f"param key '{name[:80]}...' is longer than MLflow's {MAX_ENTITY_KEY_LENGTH} characters"
-            )
-        flat[name] = _truncate(str(value), MAX_PARAM_VAL_LENGTH)
-    return flat
-
-
-def _tags(tags: Mapping[str, Any]) -> dict[str, str]:
-    return {key: _truncate(str(value), MAX_TAG_VAL_LENGTH) for key, value in tags.items()}
 
 
 def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
@@ -538,171 +370,3 @@ def stage_metric_history(stages: Iterable[str], key: str) -> dict[str, list[tupl
             if history:
                 curves[stage] = sorted((m.step, m.value) for m in history)
     return curves
-
-
-def _split_ref(ref: str, default_name: str) -> tuple[str, str | None, str | None]:
-    """``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, a version number or an alias ->
-    (name, alias, version)."""
-    if ref.startswith("models:/"):
-        body = ref.removeprefix("models:/")
-        if "@" in body:
-            name, alias = body.split("@", 1)
-            return name, alias, None
-        name, sep, version = body.rpartition("/")
-        if not sep or not version.isdigit():
-            raise ValueError(f"model URI '{ref}': expected models:/NAME@ALIAS or models:/NAME/VERSION")
-        return name, None, version
-    return (default_name, None, ref) if ref.isdigit() else (default_name, ref, None)
-
-
-def _lookup(ref: str) -> ModelVersion:
-    ctx = _ctx()
-    name, alias, version = _split_ref(ref, ctx.settings.registered_model)
-    if alias is not None:
-        version = _alias_version(ctx, name, alias)
-        if version is None:
-            raise LookupError(
-                f"no version of '{name}' has alias '{alias}' at {ctx.settings.public_tracking_uri}"
-            )
-    try:
-        return ctx.client.get_model_version(name, version)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-        raise LookupError(
-            f"no version {version} of '{name}' at {ctx.settings.public_tracking_uri}"
-        ) from exc
-
-
-def _alias_version(ctx: _Context, name: str, alias: str) -> str | None:
-    try:
-        model = ctx.client.get_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    version = model.aliases.get(alias)
-    return None if version is None else str(version)
-
-
-def get_alias_version(alias: str) -> str | None:
-    """The version of the registered model that holds ``alias``, or None."""
-    ctx = _ctx()
-    return _alias_version(ctx, ctx.settings.registered_model, alias)
-
-
-def set_alias(alias: str, version: str) -> None:
-    """Point ``alias`` of the registered model at ``version`` (promotion)."""
-    ctx = _ctx()
-    ctx.client.set_registered_model_alias(ctx.settings.registered_model, alias, _lookup(str(version)).version)
-
-
-def register_checkpoint(
-    run: StageRun, local_dir: Path, *, stage: str, weak_input_version: str | None, data_version: str,
-    description: str = "",
-) -> str:
-    """Log ``local_dir`` under the run's ``checkpoint`` artifacts and register it as a new version
-    of the registered model, tagged stage / weak_input / git_commit / data_version, with alias
-    ``stage``. ``weak_input_version`` is the weak input's version (or its stage alias); None for a
-    root. ``description`` is what the registry's UI shows for the version. Returns the new version number."""
-    if not run.enabled:
-        raise RuntimeError(
-            f"register_checkpoint({stage}): the stage run is disabled (rank != 0); "
-            "only the rank that exports the checkpoint registers it"
-        )
-    local_dir = Path(local_dir)
-    if not local_dir.is_dir():
-        raise FileNotFoundError(f"register_checkpoint({stage}): checkpoint folder {local_dir} does not exist")
-    ctx = _ctx()
-    name = ctx.settings.registered_model
-    tags = {"stage": stage, "git_commit": git_commit(), "data_version": data_version}
-    with _reaching(ctx.settings.public_tracking_uri, f"registering {local_dir} as a version of '{name}'"):
-        if weak_input_version is not None:
-            tags["weak_input"] = str(_lookup(weak_input_version).version)
-        ctx.client.log_artifacts(run.run_id, str(local_dir), CHECKPOINT_ARTIFACT)
-        _create_or_get(
-            lambda: ctx.client.create_registered_model(name), lambda: ctx.client.get_registered_model(name)
-        )
-        created = ctx.client.create_model_version(
-            name, source=f"{run.artifact_uri}/{CHECKPOINT_ARTIFACT}", run_id=run.run_id, tags=_tags(tags),
-            description=description or None,
-        )
-        version = str(created.version)
-        ctx.client.set_registered_model_alias(name, stage, version)
-        run.set_tags({"model_version": version})
-    return version
-
-
-def resolve_weak_input(stage: str, outputs_dir: Path) -> Path:
-    """The weak input folder of a stage that starts from ``stage``: ``outputs_dir/<stage>`` when it
-    holds a stage.json (the local DVC output), else ``models:/<model>@<stage>`` downloaded once into
-    the cache (keyed by version, so a moved alias downloads the new version)."""
-    local = Path(outputs_dir) / stage
-    if (local / "stage.json").is_file():
-        return local
-    ctx = _ctx()
-    name = ctx.settings.registered_model
-    version = _alias_version(ctx, name, stage)
-    if version is None:
-        raise FileNotFoundError(
-            f"weak input '{stage}': no {local / 'stage.json'} and no registered version "
-            f"models:/{name}@{stage} at {ctx.settings.public_tracking_uri}"
-        )
-    target = ctx.settings.path(ctx.settings.cache_dir) / "registry" / name / version
-    if not target.is_dir():
-        with atomic.folder(target) as tmp:
-            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp))
-    return target
-
-
-def model_version(ref: str) -> dict[str, Any]:
-    """A registered version (by alias, version number or models:/ URI) as a plain dict: version,
-    stage, weak_input, run_id, data_version, git_commit, source, aliases, metrics."""
-    mv = _lookup(ref)
-    tags = mv.tags
-    return {
-        "name": mv.name,
-        "version": str(mv.version),
-        "stage": tags.get("stage"),
-        "weak_input": tags.get("weak_input"),
-        "run_id": mv.run_id,
-        "data_version": tags.get("data_version"),
-        "git_commit": tags.get("git_commit"),
-        "source": mv.source,
-        "aliases": list(mv.aliases),
-        "metrics": {
-            k.removeprefix(METRIC_TAG_PREFIX): float(v)
-            for k, v in tags.items()
-            if k.startswith(METRIC_TAG_PREFIX)
-        },
-    }
-
-
-def lineage(ref: str) -> list[dict[str, Any]]:
-    """The chain of versions from ``ref`` back to its root (``base``), following ``weak_input`` tags."""
-    chain = [model_version(ref)]
-    seen = {chain[0]["version"]}
-    while chain[-1]["weak_input"]:
-        weak = chain[-1]["weak_input"]
-        if weak in seen:
-            raise ValueError(f"lineage of {ref}: weak_input tags form a cycle at version {weak}")
-        seen.add(weak)
-        chain.append(model_version(f"models:/{chain[-1]['name']}/{weak}"))
-    return chain
-
-
-def log_version_metrics(stage_or_version: str, metrics: Mapping[str, float]) -> None:
-    """Put metrics (PixEval) on a registered version, as tags ``metric.<name>``, and on its run."""
-    ctx = _ctx()
-    mv = _lookup(stage_or_version)
-    for key, value in metrics.items():
-        ctx.client.set_model_version_tag(
-            mv.name, str(mv.version), f"{METRIC_TAG_PREFIX}{key}", str(float(value))
-        )
-    # the description keeps its first line (what the stage is) and shows the latest PixEval below it
-    shown = ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items())
-    head = (mv.description or f"stage {mv.tags.get('stage', '')}").split("\nPixEval: ")[0]
-    ctx.client.update_model_version(mv.name, str(mv.version), description=f"{head}\nPixEval: {shown}")
-    if mv.run_id:
-        now = int(time.time() * 1000)
-        ctx.client.log_batch(mv.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
