@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
 import pstats
 import statistics
 import tempfile
@@ -235,12 +234,12 @@ def main() -> None:
     parser.add_argument("--cprofile", type=int, default=0, metavar="N",
                         help="profile one trainer run instead and print its N most expensive calls")
     args = parser.parse_args()
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-    # DeepSpeed's shm comm op compiles once per machine into the project's cache (~95 s), as under make
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parent.parent / ".cache/torch_extensions"))
+    from pixart.settings import Settings, apply_stage_env
 
+    # the project's environment, as a stage gets it, before mlflow is imported: DeepSpeed's shm comm
+    # op then compiles once per machine into the project's cache (~95 s), not once per run
+    apply_stage_env()
     from pixart import tracking
-    from pixart.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
