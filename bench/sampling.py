@@ -1,11 +1,13 @@
-"""Benchmark: seconds per image of the teacher (DPM-Solver, 20 steps, CFG 4.5) against the DMD one-step
-generator, same resolution and batch (paper, 512 px: 1.44 s vs 0.11 s, 13x).
+"""Benchmark: seconds per image of Table 4's five rows, one after the other at the same resolution and
+batch: the teacher (DPM-Solver, 20 steps, CFG 4.5), the DMD one-step generator, and LCM in 1, 2 and 4
+steps without CFG (paper, 512 px: 1.44 / 0.11 / 0.11 / 0.16 / 0.26 s).
 
     OMP_NUM_THREADS=2 python bench/sampling.py                                # random tiny-spec pipeline
-    python bench/sampling.py --teacher outputs/aes-512 --dmd outputs/dmd      # the curriculum's checkpoints
+    python bench/sampling.py --teacher outputs/aes-512 --dmd outputs/dmd --lcm outputs/lcm
 
-Without checkpoints both sides use one randomly initialised pipeline of ``--spec``: time does not depend
-on the weights. Times cover the whole pipeline call (text encoder, transformer, VAE decode).
+Without checkpoints every row uses one randomly initialised pipeline of ``--spec`` (the LCM rows with an
+LCMScheduler): time does not depend on the weights. Times cover the whole pipeline call (text encoder,
+transformer, VAE decode).
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from pathlib import Path
 import torch
 from diffusers.utils import logging as diffusers_logging
 
+from pixart.diffusion.lcm import sample_lcm
 from pixart.diffusion.one_step import one_step_t_gen, sample_one_step
 from pixart.diffusion.sampling import sample
+from pixart.diffusion.schedule import lcm_scheduler
 
 PROMPTS = [f"a {size} {colour} {shape}" for size in ("small", "large") for colour in ("red", "blue", "green", "yellow")
            for shape in ("circle", "square", "triangle")]
@@ -71,6 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, help="Teacher pipeline folder (default: random --spec pipeline).")
     parser.add_argument("--dmd", type=Path, help="DMD pipeline folder (default: the teacher's weights).")
+    parser.add_argument("--lcm", type=Path, help="LCM pipeline folder (default: the teacher's weights, LCMScheduler).")
     parser.add_argument("--spec", default="tiny")
     parser.add_argument("--pixels", type=int, default=64, help="Image side (tiny DMD stage: 512 x 1/8).")
     parser.add_argument("--batch", type=int, default=8)
@@ -85,20 +90,29 @@ def main() -> None:
 
     teacher = load_pipeline(args.teacher) if args.teacher else random_pipeline(args.spec, args.pixels)
     dmd = load_pipeline(args.dmd) if args.dmd else teacher
-    for pipeline in (teacher, dmd):
+    if args.lcm:
+        lcm = load_pipeline(args.lcm)
+    else:
+        from diffusers import PixArtSigmaPipeline
+
+        lcm = PixArtSigmaPipeline(**{**teacher.components, "scheduler": lcm_scheduler(50)})
+    for pipeline in (teacher, dmd, lcm):
         pipeline.set_progress_bar_config(disable=True)
     t_gen = (one_step_t_gen(args.dmd) if args.dmd else None) or args.t_gen
     prompts = (PROMPTS * args.batch)[: args.batch]
     size = {"height": args.pixels, "width": args.pixels, "max_tokens": 300}
+    rows = [(f"teacher  {args.steps} steps CFG {args.cfg}", lambda: sample(teacher, prompts, steps=args.steps,
+                                                                            cfg=args.cfg, **size)),
+            (f"DMD      1 step (t_gen {t_gen})", lambda: sample_one_step(dmd, prompts, t_gen=t_gen, **size))]
+    rows += [(f"LCM      {n} step{'s' if n > 1 else ''}", lambda n=n: sample_lcm(lcm, prompts, steps=n, **size))
+             for n in (1, 2, 4)]
     with torch.inference_mode():
-        multi = seconds_per_image(lambda: sample(teacher, prompts, steps=args.steps, cfg=args.cfg, **size),
-                                  args.batch, args.repeats)
-        one = seconds_per_image(lambda: sample_one_step(dmd, prompts, t_gen=t_gen, **size), args.batch, args.repeats)
+        seconds = [seconds_per_image(render, args.batch, args.repeats) for _, render in rows]
     params = sum(p.numel() for p in teacher.transformer.parameters())
     print(f"transformer {params:,} params, {args.pixels} px, batch {args.batch}, {torch.get_num_threads()} threads")
-    print(f"teacher  {args.steps} steps CFG {args.cfg}: {multi:.4f} s/image")
-    print(f"DMD      1 step (t_gen {t_gen}):    {one:.4f} s/image")
-    print(f"speed-up: {multi / one:.1f}x   (paper, 512 px on A100: 1.44 s vs 0.11 s, 13x)")
+    paper = (1.44, 0.11, 0.11, 0.16, 0.26)
+    for (label, _), s, p in zip(rows, seconds, paper, strict=True):
+        print(f"{label:<34} {s:.4f} s/image  speed-up {seconds[0] / s:5.1f}x   (paper: {p:.2f} s, {paper[0] / p:4.1f}x)")
 
 
 if __name__ == "__main__":

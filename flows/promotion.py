@@ -36,9 +36,9 @@ class Approval(RunInput):
 
 
 def champion_candidate(profile: Profile, paths: CurriculumPaths) -> StageRecord | None:
-    """The latest stage of the curriculum (params order) with a registered version. DMD is left
-    out: it distils a stage into a one-step sampler, it does not make a stronger one."""
-    for name in reversed([n for n, s in profile.stages.items() if s.kind != "dmd"]):
+    """The latest stage of the curriculum (params order) with a registered version. DMD and LCM are
+    left out: they distil a stage into a faster sampler, they do not make a stronger one."""
+    for name in reversed([n for n, s in profile.stages.items() if not s.distilled]):
         record = stage_record(paths, name)
         if record is not None:
             return record

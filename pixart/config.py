@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pixart.data.scenes import SceneSpec
 
@@ -171,12 +179,25 @@ class DMDConfig(_Strict):
     fake_lr: float | None = Field(None, gt=0, description="Fake-score lr; null = the stage's lr.")
 
 
+class LCMConfig(_Strict):
+    """Latent consistency distillation (PixArt-LCM: train_pixart_lcm.py and its 1024 config)."""
+
+    num_ddim_timesteps: int = Field(50, ge=2, le=1000, description="The skipping-step DDIM solver's grid; "
+                                    "the skip is 1000 / this (official: 50, a skip of 20).")
+    w: float = Field(4.5, ge=0, description="The teacher's guidance in the LCM form x0_c + w (x0_c - x0_u), "
+                     "i.e. classifier-free guidance w + 1 (official: cfg_scale 4.5).")
+    loss: Literal["huber", "l2"] = "huber"
+    huber_c: float = Field(0.001, gt=0)
+    target_decay: float = Field(0.95, ge=0, lt=1, description="EMA decay of the target network, which is "
+                                "what the stage exports (official: 0.95).")
+
+
 class StageConfig(_Strict):
     """One row of the curriculum. Its name (the mapping key) is the DVC stage, MLflow alias,
     Prefect task and output folder."""
 
-    kind: Literal["import", "train", "dmd"] = Field(
-        "train", description="import: take 'pretrained' weights as they are (xl base); train; dmd."
+    kind: Literal["import", "train", "dmd", "lcm"] = Field(
+        "train", description="import: take 'pretrained' weights as they are (xl base); train; dmd; lcm."
     )
     description: str = ""
     init_from: str | None = Field(None, description="The weak input: an earlier stage; null = from scratch.")
@@ -200,13 +221,20 @@ class StageConfig(_Strict):
                                "selection); null = all. xl: the paper's count.")
     gpu_days: float | None = Field(None, description="Paper's compute for this stage (reference).")
     dmd: DMDConfig | None = None
+    lcm: LCMConfig | None = None
+
+    @property
+    def distilled(self) -> bool:
+        """A DMD or LCM stage: it distils its weak input into a faster sampler, not a stronger model."""
+        return self.kind in ("dmd", "lcm")
 
     @model_validator(mode="after")
     def _kind_fields(self) -> StageConfig:
-        if (self.kind == "dmd") != (self.dmd is not None):
-            raise ValueError("a 'dmd' section is required for kind 'dmd' and only allowed there")
+        for kind in ("dmd", "lcm"):
+            if (self.kind == kind) != (getattr(self, kind) is not None):
+                raise ValueError(f"a '{kind}' section is required for kind '{kind}' and only allowed there")
         if (self.kind == "import") != (self.steps == 0):
-            raise ValueError("'steps' must be > 0 for train and dmd stages, and absent for import")
+            raise ValueError("'steps' must be > 0 for train, dmd and lcm stages, and absent for import")
         if self.kind == "import" and self.pretrained is None:
             raise ValueError("an import stage needs 'pretrained'")
         if self.init_from is not None and self.pretrained is not None:
@@ -226,6 +254,8 @@ class PixEvalConfig(_Strict):
     inception_path: Path | None = None
     clip_path: Path | None = None
     judge_steps: int = Field(0, ge=0, description="Training steps of the alignment judge (generated data).")
+    lcm_steps: list[PositiveInt] = Field([1, 2, 4], min_length=1, description="Steps of an LCM stage's rows in Table 4 "
+                                 "(paper: 1, 2, 4); its PixEval row samples in 4.")
 
 
 class Profile(_Strict):

@@ -37,7 +37,8 @@ HEADER = (
 )
 # The recorded reference run (`pixart report --record`, git-tracked): `dvc metrics show` lists it beside
 # the stages' own metrics on any checkout, and `dvc metrics diff` compares a newly recorded run with it.
-_REFERENCE_METRICS = ("pixeval.json", "pixeval_trend.json", "stage_times.json", "caption_stats.json", "vaes.json")
+_REFERENCE_METRICS = ("pixeval.json", "pixeval_trend.json", "table4.json", "stage_times.json", "caption_stats.json",
+                      "vaes.json")
 REFERENCE = {
     "metrics": [f"{REFERENCE_METRICS}/{name}" for name in _REFERENCE_METRICS],
     "plots": [{f"{REFERENCE_METRICS}/pixeval_plot.csv": {"x": "stage"}},
@@ -181,7 +182,8 @@ def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
         # the judge retrains with each PixEval (about a minute at tiny's 400 steps): a persisted one would keep
         # pixeval out of the run cache
         "outs": [*(["outputs/judge"] if judged else []), "metrics/pixeval"],
-        "metrics": ["metrics/pixeval.json", "metrics/pixeval_trend.json", "metrics/stage_times.json"],
+        "metrics": ["metrics/pixeval.json", "metrics/pixeval_trend.json", "metrics/stage_times.json",
+                    *(["metrics/table4.json"] if any(s.kind == "lcm" for s in profile.stages.values()) else [])],
         "plots": [{"metrics/pixeval_plot.csv": {"x": "stage"}}, {"metrics/loss_curves.csv": {"x": "step", "y": "loss"}}],
     }
     return stages

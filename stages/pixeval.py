@@ -1,5 +1,6 @@
 """pixeval: FID, alignment and CLIP-score of every stage's checkpoint on the held-out prompts (and
-of the DMD one-step generator when it exists), into metrics/ and the registry; and, from the stages'
+of the distilled DMD and LCM generators when they exist), into metrics/ and the registry; the
+paper's Table 4 (metrics/table4.json: teacher, DMD, LCM at 1 / 2 / 4 steps); and, from the stages'
 MLflow runs, their wall times (metrics/stage_times.json) and loss curves (metrics/loss_curves.csv)."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 from pixart import atomic, tracking
 from pixart.config import Profile
 from pixart.eval.backbones import build_backbone
+from pixart.eval.few_step import table4
 from pixart.eval.pixeval import (
     Metrics,
     StageEvaluation,
@@ -26,10 +28,11 @@ from stages.common import StageContext, parse
 FID_BACKBONES = {"efficientnet-lite0": "efficientnet-lite0", "inception": "inception-v3"}
 
 
-def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics]:
-    """PixEval of each trained stage in curriculum order (``dmd`` only when its folder exists), and
-    the weak-to-strong trend: the first stage's FID minus the last diffusion stage's, with its
-    paired bootstrap interval (``trend.fid_gain``), and the caption claim (``caption_claim``)."""
+def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics, list[dict]]:
+    """PixEval of each trained stage in curriculum order (a distilled one only when its folder
+    exists); the weak-to-strong trend: the first stage's FID minus the last diffusion stage's, with
+    its paired bootstrap interval (``trend.fid_gain``), and the caption claim (``caption_claim``);
+    and one Table 4 per LCM stage (``few_step.table4``)."""
     profile, paths, settings, pe = ctx.profile, ctx.paths, ctx.settings, ctx.profile.pixeval
     heldout = load_heldout(paths.heldout_data, pe.n_prompts)
     weights = settings.path(pe.inception_path) if pe.inception_path else None
@@ -51,15 +54,17 @@ def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics]
     ceilings: dict[tuple[str, int], Metrics] = {}  # stages sharing a VAE and a size share its ceiling
     for name, stage in profile.stages.items():
         stage_dir = paths.stage(name)
-        if stage.kind == "dmd" and not stage_dir.exists():
+        if stage.distilled and not stage_dir.exists():
             continue
         if not StageInfo.exists(stage_dir):
             raise FileNotFoundError(
                 f"pixeval: stage '{name}' has no checkpoint at {stage_dir} (train it first)"
             )
         pixels = profile.pixels(stage)
+        # PixEval's steps are the diffusion sampler's; a distilled stage runs its own default
         evaluations[name] = evaluate_stage(
-            stage_dir, heldout.prompts, heldout.scenes, reference, steps=pe.steps, cfg=pe.cfg, seed=pe.seed,
+            stage_dir, heldout.prompts, heldout.scenes, reference, steps=None if stage.distilled else pe.steps,
+            cfg=pe.cfg, seed=pe.seed,
             height=pixels, width=pixels, max_tokens=stage.max_tokens, backbone=backbone, judge=judge, clip=clip,
             grid_path=paths.metrics / "pixeval" / f"{name}.png", device=settings.resolved_device,
         )  # fmt: skip
@@ -71,14 +76,25 @@ def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics]
         versions[name] = StageInfo.read(stage_dir).model_version or name
         tracking.log_version_metrics(versions[name], numeric(results[name]))
         print(f"pixeval {name}: {results[name]}")
-    diffusion = [name for name, stage in profile.stages.items() if stage.kind != "dmd"]
+    tables = []
+    for name, stage in profile.stages.items():
+        if stage.kind == "lcm" and name in evaluations:
+            pixels = profile.pixels(stage)
+            by_steps = {steps: evaluate_stage(
+                paths.stage(name), heldout.prompts, heldout.scenes, reference, steps=steps, cfg=pe.cfg, seed=pe.seed,
+                height=pixels, width=pixels, max_tokens=stage.max_tokens, backbone=backbone, judge=judge, clip=clip,
+                device=settings.resolved_device).metrics if steps != results[name]["steps"] else results[name]
+                for steps in pe.lcm_steps}  # fmt: skip
+            tables.append(table4(profile, name, results, by_steps, pe.steps))
+            print(f"pixeval table 4 ({name}): {tables[-1]}")
+    diffusion = [name for name, stage in profile.stages.items() if not stage.distilled]
     weak, strong = diffusion[0], diffusion[-1]
     trend: Metrics = {"weak": weak, "strong": strong,
                       **fid_gain(evaluations[weak].features, evaluations[strong].features, reference)}
     trend |= caption_claim(profile, evaluations)
     tracking.log_version_metrics(versions[strong], numeric(trend))
     print(f"pixeval trend: {trend}")
-    return results, trend
+    return results, trend, tables
 
 
 def caption_claim(profile: Profile, evaluations: dict[str, StageEvaluation]) -> Metrics:
@@ -98,8 +114,10 @@ def caption_claim(profile: Profile, evaluations: dict[str, StageEvaluation]) -> 
 
 def main() -> None:
     ctx = parse(__doc__)
-    results, trend = evaluate_curriculum(ctx)
+    results, trend, tables = evaluate_curriculum(ctx)
     write_reports(ctx.paths.metrics, results)
+    if tables:
+        atomic.write_json(ctx.paths.metrics / "table4.json", {"tables": tables})
     atomic.write_json(ctx.paths.metrics / "pixeval_trend.json", trend)
     tracked = [*(f"vae-{name}" for name in ctx.profile.vaes), *ctx.profile.stages]
     atomic.write_json(ctx.paths.metrics / "stage_times.json", tracking.stage_wall_times(tracked))

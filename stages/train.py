@@ -1,6 +1,6 @@
 """<stage>: one curriculum stage, from its weak input to its exported checkpoint: trained (kind
-train), distilled into a one-step generator from its teacher pairs (dmd), or converted from an
-official checkpoint (import)."""
+train), distilled into a one-step generator from its teacher pairs (dmd) or into a few-step one by
+latent consistency distillation (lcm), or converted from an official checkpoint (import)."""
 
 from pixart import tracking
 from pixart.data.features import built_cache_key
@@ -12,6 +12,7 @@ from pixart.train.components import Components
 from pixart.train.dmd import train_dmd
 from pixart.train.dmd_pairs import PAIRS_FILE
 from pixart.train.job import StageJob
+from pixart.train.lcm import train_lcm
 from pixart.train.trainer import import_official, train
 from stages.common import parse
 from stages.teacher_pairs import pairs_dir
@@ -55,6 +56,8 @@ def main() -> None:
         out = import_official(job)
     elif job.stage.kind == "dmd":
         out = train_dmd(job, pairs_dir(ctx) / PAIRS_FILE)
+    elif job.stage.kind == "lcm":
+        out = train_lcm(job)
     else:
         out = train(job)
     print(f"{ctx.name} -> {out}")

@@ -63,3 +63,42 @@ def write_stage_info(folder: Path, stage: str, profile: str = "smoke", model_ver
     StageInfo(stage=stage, parent=config.init_from, parent_version=None, profile=profile, config=config,
               step=config.steps, data_version="test", mlflow_run_id=None, latent_range=None,
               model_version=model_version).write(folder)
+
+
+def teacher_world(root: Path) -> tuple[Path, Any, Path]:
+    """A registered teacher pipeline (``aes-512``), its frozen components and a square feature cache of 8
+    captions, as the curriculum's stages would leave them for a distillation stage."""
+    from safetensors.torch import save_file
+
+    from pixart import atomic, tracking
+    from pixart.data.feature_identity import CACHE_FORMAT
+    from pixart.data.null_caption import save_null_caption
+    from pixart.models.builders import encode_captions
+    from pixart.models.pipeline import save_pipeline
+    from pixart.train.components import Components
+
+    parts = debug_parts(root / "tokenizer")
+    perturb(parts["transformer"])
+    teacher = save_pipeline(root / "outputs/aes-512", **parts)
+    with tracking.stage_run("aes-512", {"profile": "smoke"}) as run:
+        version = tracking.register_checkpoint(run, teacher, stage="aes-512", weak_input_version=None,
+                                               data_version="test")
+    write_stage_info(teacher, "aes-512", model_version=version)
+    components = Components(vae=teacher / "vae", text_encoder=teacher)
+    features = root / "features/aes-512"
+    features.mkdir(parents=True)
+    text, mask = encode_captions(parts["text_encoder"], parts["tokenizer"], CAPTIONS[:8], 16)
+    g = torch.Generator().manual_seed(0)
+    latent = (8, 4, DEBUG_LATENT_SIDE, DEBUG_LATENT_SIDE)
+    mean = torch.randn(latent, generator=g)
+    save_file({"latent_mean": mean, "latent_std": torch.full(latent, 0.1),
+               "text": text.float().contiguous(), "mask": mask.to(torch.int8).contiguous()}, features / "shard-00000.safetensors")
+    atomic.write_json(features / "index.json", {
+        "key": "k", "components": {"format": CACHE_FORMAT}, "shards": ["shard-00000.safetensors"],
+        "items": [{"index": i, "shard": 0, "row": i, "ratio": 1.0, "height": DEBUG_IMAGE_SIDE,
+                   "width": DEBUG_IMAGE_SIDE} for i in range(8)],
+        "latent_range": {"low": mean.amin(dim=(0, 2, 3)).tolist(), "high": mean.amax(dim=(0, 2, 3)).tolist()},
+    })
+    null_text, null_mask = encode_captions(parts["text_encoder"], parts["tokenizer"], [""], 16)
+    save_null_caption(features, null_text, null_mask)
+    return teacher, components, features

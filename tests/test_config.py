@@ -9,7 +9,7 @@ from pixart.config import PARAMS_FILE, ParamsError, load_all, load_profile
 from pixart.settings import Settings
 
 PAPER_STAGES = ["base", "vae-adapt", "align", "aes-512", "aes-1024", "kv-1024", "aes-2k", "kv-2k",
-                "aes-4k", "kv-4k", "dmd"]
+                "aes-4k", "kv-4k", "dmd", "lcm"]
 
 
 def _write(tmp_path: Path, mutate) -> Path:
@@ -34,6 +34,12 @@ def test_xl_holds_the_paper_stage_table():
     assert s["kv-1024"].kv_compress_layers == list(range(14, 28))
     assert s["align"].max_tokens == 300 and s["base"].max_tokens == 120
     assert xl.vaes["new"].scaling_factor == 0.13025
+    # PixArt-LCM's config at Table 4's 512 px: batch 16 x 2 GPUs, lr 2e-5 x sqrt(32 / 256), Huber c 0.001
+    lcm = s["lcm"]
+    assert (lcm.init_from, lcm.resolution, lcm.batch_size, lcm.num_gpus, lcm.warmup_steps) == ("aes-512", 512, 32, 2, 100)
+    assert lcm.lr == pytest.approx(2e-5 * (32 / 256) ** 0.5, rel=1e-3)
+    assert (lcm.lcm.num_ddim_timesteps, lcm.lcm.w, lcm.lcm.loss, lcm.lcm.huber_c, lcm.lcm.target_decay) == \
+        (50, 4.5, "huber", 0.001, 0.95)
 
 
 def test_typo_in_a_stage_key_names_the_field_and_file(tmp_path):
@@ -103,7 +109,8 @@ def test_stage_defaults_fill_every_stage_and_a_stage_key_overrides_them():
     _, xl = load_profile("xl")
     assert {s.vae for n, s in xl.stages.items() if n != "base"} == {"new"} and xl.stages["base"].vae == "old"
     assert xl.stages["align"].lr == 2e-5 and xl.stages["aes-1024"].lr == 1e-5
-    assert {s.num_gpus for s in xl.stages.values()} == {8}
+    # the LCM row keeps the official recipe's 2 GPUs (its global batch and lr rule depend on them)
+    assert {s.num_gpus for n, s in xl.stages.items() if n != "lcm"} == {8} and xl.stages["lcm"].num_gpus == 2
     _, rehearsal = load_profile("xl-rehearsal")
     assert {s.num_gpus for s in rehearsal.stages.values()} == {2}  # its stage_defaults merge into xl's
     assert rehearsal.stages["aes-1024"].lr == 1e-5

@@ -97,7 +97,7 @@ def test_a_stage_with_the_packaged_minilm_encoder_loads_with_stock_pipeline_and_
     parts = {"transformer": transformer.eval(), "vae": build_vae(TINY_VAE_CONFIGS["old"]).eval(),
              "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": dpm_solver_scheduler()}  # fmt: skip
     save_pipeline(tmp_path / "pipe", **parts)
-    assert model_index(tmp_path / "pipe/text_encoder")["text_encoder"] == ["transformers", "BertModel"]
+    assert model_index(tmp_path / "pipe/text_encoder", parts["scheduler"])["text_encoder"] == ["transformers", "BertModel"]
 
     pipe = PixArtSigmaPipeline.from_pretrained(tmp_path / "pipe")
     assert type(pipe.text_encoder).__name__ == "BertModel"

@@ -210,7 +210,7 @@ def test_pixeval_stage_evaluates_trained_stages_logs_them_in_the_registry_and_ad
     from stages.pixeval import evaluate_curriculum
 
     paths = curriculum.paths
-    results, trend = evaluate_curriculum(curriculum)
+    results, trend, _ = evaluate_curriculum(curriculum)
     assert list(results) == ["base", "align"]  # dmd has no folder yet: skipped
     # the trend runs from the first diffusion stage to the last: their FID difference, resampled
     assert (trend["weak"], trend["strong"]) == ("base", "align")
@@ -229,7 +229,7 @@ def test_pixeval_stage_evaluates_trained_stages_logs_them_in_the_registry_and_ad
     trained_at = judge_weights.stat().st_mtime_ns
 
     shutil.copytree(paths.stage("base"), paths.stage("dmd"))
-    results, trend = evaluate_curriculum(curriculum)
+    results, trend, _ = evaluate_curriculum(curriculum)
     assert list(results) == ["base", "align", "dmd"]
     assert trend["strong"] == "align"  # the one-step generator is not the curriculum's strong end
     assert judge_weights.stat().st_mtime_ns == trained_at  # same data and steps: the judge is reused

@@ -17,6 +17,7 @@ from pixart import atomic, report
 from pixart.cli import app
 from pixart.config import load_profile
 from pixart.data.caption_stats import CaptionStats
+from pixart.eval.few_step import table4
 from pixart.eval.fid import compute_statistics
 from pixart.eval.pixeval import save_grid, write_reports
 from pixart.eval.trend import alignment_gain, fid_gain
@@ -25,7 +26,7 @@ from pixart.rendered import Drift
 REPO = Path(__file__).resolve().parent.parent
 # a distinct solid colour per stage's grid, to see the strip's order
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (200, 30, 200), (30, 200, 200),
-           (120, 60, 0), (0, 60, 120), (90, 90, 90)]
+           (120, 60, 0), (0, 60, 120), (90, 90, 90), (160, 160, 220)]
 
 
 def _pixeval_results(stages: list[str]) -> dict[str, dict]:
@@ -85,6 +86,9 @@ def project(tmp_path, up_to_date) -> Path:
     atomic.write_json(metrics / "caption_stats.json", {k: r.to_dict() for k, r in rows.items()})
     atomic.write_json(metrics / "vaes.json", {"old": {"heldout_mse": 0.0412, "heldout_object_mse": 0.2301},
                                               "new": {"heldout_mse": 0.0198, "heldout_object_mse": 0.1107}})
+    results = _pixeval_results(stages)
+    by_steps = {n: {**results["lcm"], "seconds_per_image": 0.002 * n, "fid": 250.0 - n} for n in (1, 2, 4)}
+    atomic.write_json(metrics / "table4.json", {"tables": [table4(profile, "lcm", results, by_steps, 20)]})
     for stage, colour in zip(stages, COLOURS, strict=True):
         pixels = profile.pixels(profile.stages[stage]) // 8
         save_grid(np.full((16, pixels, pixels, 3), colour, np.uint8), metrics / "pixeval" / f"{stage}.png")
@@ -312,3 +316,15 @@ def test_dvc_status_that_cannot_run_is_said_on_the_page_and_nothing_is_current(p
     assert "`dvc status` failed" in page and "is unknown" in page
     assert _row(page, "base")[-1] == "unknown"
     assert "current" not in page.split("## PixEval", 1)[1]
+
+
+def test_table4_lists_dmd_lcm_steps_and_the_teacher_with_their_speed_ups(project):
+    page = report.render_page(report.load(project))
+    body = page.split("## One step and few steps (Table 4)", 1)[1].split("## ", 1)[0]
+    rows = [line.split(" | ") for line in body.splitlines() if line.startswith(("| DMD", "| LCM", "| teacher"))]
+    assert [(r[0].strip("| "), r[2]) for r in rows] == [("DMD", "1"), ("LCM", "1"), ("LCM", "2"), ("LCM", "4"),
+                                                       ("teacher", "20")]
+    teacher_seconds = float(rows[-1][-3])
+    assert rows[1][3] == "249.00" and rows[-1][-2] == "1.0×"
+    assert float(rows[1][-2].rstrip("×")) == pytest.approx(teacher_seconds / 0.002, rel=0.05)
+    assert "The paper's Table 4" in body and "108.66" in body

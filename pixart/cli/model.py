@@ -82,7 +82,7 @@ def convert(
 def generate(
     model: Path = typer.Option(..., help="Pipeline folder."),
     prompt: str = typer.Option(..., help="Text prompt."),
-    steps: int = typer.Option(20, help="DPM-Solver steps."),
+    steps: int | None = typer.Option(None, help="Sampler steps (default: DPM-Solver 20, an LCM stage 4; DMD: 1)."),
     cfg: float = typer.Option(4.5, help="Classifier-free guidance scale."),
     seed: int = typer.Option(0, help="Seed of the initial noise."),
     height: int | None = typer.Option(None, help="Image height in px (default: the model's sample size)."),
@@ -92,12 +92,12 @@ def generate(
         "fp32", help="fp32 | bf16: text encoder and transformer dtype (bf16 halves T5-XXL); the VAE stays fp32."
     ),
 ) -> None:
-    """Render one image from a saved pipeline (a DMD checkpoint: in one step, --steps/--cfg unused),
-    on the settings' device (PIXART_DEVICE)."""
+    """Render one image from a saved pipeline with its stage's sampler (a DMD checkpoint in one step, an
+    LCM one in --steps without CFG), on the settings' device (PIXART_DEVICE)."""
     import os
 
-    from pixart.diffusion.one_step import one_step_t_gen, sample_one_step
-    from pixart.diffusion.sampling import sample
+    from pixart.diffusion.sampling import DEFAULT_STEPS
+    from pixart.diffusion.stage_sampler import StageSampler
     from pixart.models.builders import precision_dtype
     from pixart.models.pipeline import load_pipeline
 
@@ -106,12 +106,10 @@ def generate(
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--precision") from None
     pipeline = load_pipeline(model, precision=precision)
-    t_gen = one_step_t_gen(model)
-    if t_gen is None:
-        image = sample(pipeline, [prompt], steps=steps, cfg=cfg, seed=seed, height=height, width=width)[0]
-    else:
-        typer.echo(f"one-step generator (DMD, t={t_gen})")
-        image = sample_one_step(pipeline, [prompt], t_gen=t_gen, seed=seed, height=height, width=width)[0]
+    sampler = StageSampler.of(model)
+    steps = sampler.steps(steps, DEFAULT_STEPS)
+    typer.echo(f"sampler: {sampler.describe(steps, cfg)}")
+    image = sampler.sample(pipeline, [prompt], steps=steps, cfg=cfg, seed=seed, height=height, width=width)[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
     image.save(tmp, format="PNG")

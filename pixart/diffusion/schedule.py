@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, LCMScheduler
 
 NUM_TRAIN_TIMESTEPS = 1000
 BETA_START = 1e-4
@@ -63,6 +63,16 @@ def linear_schedule(
         posterior_mean_coef1=betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
         posterior_mean_coef2=(1.0 - alphas_cumprod_prev) * (1.0 - betas).sqrt() / (1.0 - alphas_cumprod),
     )
+
+
+# LCM's consistency function scales the timestep by 10 before its boundary conditions (official and diffusers)
+LCM_TIMESTEP_SCALING = 10.0
+
+
+def lcm_scheduler(original_inference_steps: int) -> LCMScheduler:
+    """diffusers' LCM sampler on this schedule; its original steps are the distillation solver's grid."""
+    return LCMScheduler(**_SCHEDULE_CONFIG, original_inference_steps=original_inference_steps, clip_sample=False,
+                        timestep_scaling=LCM_TIMESTEP_SCALING)
 
 
 def ddpm_scheduler() -> DDPMScheduler:

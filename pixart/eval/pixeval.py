@@ -27,6 +27,7 @@ import torch
 from pixart import atomic
 from pixart.data.format import Entry, dataset_version, load_dataset
 from pixart.data.scenes import Scene
+from pixart.diffusion.stage_sampler import StageSampler
 from pixart.eval.backbones import FeatureBackbone
 from pixart.eval.clip_score import ClipScorer, clip_score
 from pixart.eval.fid import Statistics, extract_features, frechet_distance_to, image_statistics
@@ -86,27 +87,20 @@ def _as_uint8(images: Sequence) -> np.ndarray:
 
 
 def _generate(
-    pipeline, prompts: Sequence[str], *, batch_size: int, seed: int, t_gen: int | None, steps: int, cfg: float,
+    pipeline, sampler: StageSampler, prompts: Sequence[str], *, batch_size: int, seed: int, steps: int, cfg: float,
     **size,
 ) -> tuple[np.ndarray, float]:
-    """All images (uint8 NHWC) and the seconds per image. Batch ``i`` uses seed ``seed + i``, so an
-    image depends on the prompt list and seed only. A one-step generator (``t_gen``) samples in one
-    step from its own timestep, without CFG (its teacher's guidance is distilled in)."""
+    """All images (uint8 NHWC) and the seconds per image, drawn by the stage's own sampler. Batch
+    ``i`` uses seed ``seed + i``, so an image depends on the prompt list and seed only."""
     from tqdm.auto import tqdm
-
-    from pixart.diffusion.one_step import sample_one_step
-    from pixart.diffusion.sampling import sample
 
     images = []
     start = time.perf_counter()
     # a 2K stage renders for minutes on a CPU: the bar says how far it is
     batches = list(enumerate(range(0, len(prompts), batch_size)))
     for i, first in tqdm(batches, desc=f"pixeval: rendering {len(prompts)} images", unit="batch", leave=False):
-        batch = prompts[first : first + batch_size]
-        if t_gen is None:
-            images += sample(pipeline, batch, seed=seed + i, steps=steps, cfg=cfg, **size)
-        else:
-            images += sample_one_step(pipeline, batch, t_gen=t_gen, seed=seed + i, **size)
+        images += sampler.sample(pipeline, prompts[first : first + batch_size], steps=steps, cfg=cfg, seed=seed + i,
+                                 **size)
     return _as_uint8(images), (time.perf_counter() - start) / len(prompts)
 
 
@@ -203,7 +197,7 @@ def evaluate_stage(
     scenes: Sequence[Scene | None],
     reference: Statistics,
     *,
-    steps: int,
+    steps: int | None,
     cfg: float,
     seed: int,
     height: int,
@@ -219,10 +213,11 @@ def evaluate_stage(
     """PixEval of one checkpoint folder: one image per prompt (fixed seeds), then ``fid`` against
     the ``reference`` statistics (``reference_statistics``), ``alignment`` / ``alignment_shuffled``
     (chance) when a judge is given — or "judge refused: <accuracy>" when it is below
-    MIN_HELD_OUT_ACCURACY —, ``clip_score`` when a scorer is given, and ``seconds_per_image``. A one-step
-    (DMD) checkpoint is sampled in one step, whatever ``steps`` and ``cfg`` say. Saves a sample grid
-    to ``grid_path`` when given."""
-    from pixart.diffusion.one_step import one_step_t_gen
+    MIN_HELD_OUT_ACCURACY —, ``clip_score`` when a scorer is given, and ``seconds_per_image``. Each
+    checkpoint samples with its own sampler (``StageSampler``): ``steps`` None is its default (DPM-Solver
+    ``DEFAULT_STEPS``, LCM 4), a DMD generator runs one step whatever ``steps`` and ``cfg`` say. Saves a
+    sample grid to ``grid_path`` when given."""
+    from pixart.diffusion.sampling import DEFAULT_STEPS
     from pixart.diffusion.schedule import DataRangeDPMSolver
     from pixart.models.pipeline import load_pipeline
 
@@ -230,9 +225,10 @@ def evaluate_stage(
         raise ValueError(f"prompts ({len(prompts)}) and scenes ({len(scenes)}) differ in number")
     pipeline = load_pipeline(stage_dir).to(device)
     pipeline.set_progress_bar_config(disable=True)
-    t_gen = one_step_t_gen(stage_dir)
+    sampler = StageSampler.of(stage_dir)
+    steps = sampler.steps(steps, DEFAULT_STEPS)
     images, seconds = _generate(
-        pipeline, list(prompts), batch_size=batch_size, seed=seed, t_gen=t_gen, steps=steps, cfg=cfg,
+        pipeline, sampler, list(prompts), batch_size=batch_size, seed=seed, steps=steps, cfg=cfg,
         height=height, width=width, max_tokens=max_tokens,
     )  # fmt: skip
     features = extract_features(images, backbone).numpy()
@@ -240,7 +236,8 @@ def evaluate_stage(
         "fid": frechet_distance_to(features, reference),
         "seconds_per_image": seconds,
         "n_images": len(images),
-        "sampler": f"one step from t={t_gen}" if t_gen is not None else f"DPM-Solver {steps} steps, CFG {cfg}"
+        "steps": steps,
+        "sampler": sampler.describe(steps, cfg)
                    + (", x0 in the training latents' range" if isinstance(pipeline.scheduler, DataRangeDPMSolver) else ""),
     }
     alignment = None

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, PixArtSigmaPipeline, SchedulerMixin
+from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, SchedulerMixin
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pixart import atomic
@@ -72,6 +72,7 @@ def load_pipeline(
         directory, dtype={"transformer": dtype, "text_encoder": dtype, "default": torch.float32}, **without
     )
     latent_range = StageInfo.read(directory).latent_range if StageInfo.exists(directory) else None
-    if latent_range is not None:
+    # an LCM stage keeps its LCMScheduler: the range is the DPM-Solver's clamp
+    if latent_range is not None and isinstance(pipeline.scheduler, DPMSolverMultistepScheduler):
         pipeline.scheduler = dpm_solver_scheduler(latent_range.model_dump())
     return pipeline.to(device or run_device())

@@ -27,7 +27,7 @@ from pixart.train.dmd_pairs import TeacherPairs, latent_shape
 from pixart.train.ema import EMA
 from pixart.train.job import StageJob
 from pixart.train.loop import keyed_generator, rank_slice
-from pixart.train.trainer import StageTrainer, denoiser_output
+from pixart.train.trainer import StageTrainer, predicted_eps
 from pixart.train.weak_input import load_transformer
 
 # The distribution-matching timestep range of DMD: t in [0.02, 0.98] x 1000.
@@ -35,15 +35,10 @@ DM_T_MIN, DM_T_MAX = 20, 980
 FAKE_SCORE_DIR = "fake-score"
 
 
-def eps(model, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The epsilon half of a learned-sigma transformer's output (model: a module or a DeepSpeed engine)."""
-    return denoiser_output(model, x_t, t, text, mask)[:, : x_t.shape[1]]
-
-
 def generate(generator, z: torch.Tensor, t_gen: int, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The one-step generator: x0 from noise z, read as x_T at T = t_gen."""
     t = torch.full((z.shape[0],), t_gen, device=z.device, dtype=torch.long)
-    return predicted_x0(z, eps(generator, z, t, text, mask), t)
+    return predicted_x0(z, predicted_eps(generator, z, t, text, mask), t)
 
 
 @torch.no_grad()
@@ -51,7 +46,7 @@ def real_score_x0(teacher, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tenso
                   null_text: torch.Tensor, null_mask: torch.Tensor, cfg: float) -> torch.Tensor:
     """The frozen teacher's x0 prediction with classifier-free guidance against the null caption."""
     text, mask, null, null_m = with_null_caption(text, mask, null_text, null_mask)
-    e = eps(teacher, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([text, null]), torch.cat([mask, null_m]))
+    e = predicted_eps(teacher, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([text, null]), torch.cat([mask, null_m]))
     cond, uncond = e.chunk(2)
     return predicted_x0(x_t, uncond + cfg * (cond - uncond), t)
 
@@ -92,7 +87,7 @@ def dmd_step(generator, fake_score, teacher, cfg: DMDConfig, draws: dict[str, to
     with torch.no_grad():
         x_t = q_sample(x0.detach(), draws["dm_noise"], draws["dm_t"])
         x0_real = real_score_x0(teacher, x_t, draws["dm_t"], text, mask, *null, cfg.real_cfg)
-        x0_fake = predicted_x0(x_t, eps(fake_score, x_t, draws["dm_t"], text, mask), draws["dm_t"])
+        x0_fake = predicted_x0(x_t, predicted_eps(fake_score, x_t, draws["dm_t"], text, mask), draws["dm_t"])
     dm = distribution_matching_loss(x0, x0_real, x0_fake)
     regression = F.mse_loss(generate(generator, pairs["noise"], cfg.t_gen, pairs["text"], pairs["mask"]),
                             pairs["latent"])
@@ -101,7 +96,7 @@ def dmd_step(generator, fake_score, teacher, cfg: DMDConfig, draws: dict[str, to
     generator.step()
 
     fake_t, fake_noise = draws["fake_t"], draws["fake_noise"]
-    fake = F.mse_loss(eps(fake_score, q_sample(x0.detach(), fake_noise, fake_t), fake_t, text, mask), fake_noise)
+    fake = F.mse_loss(predicted_eps(fake_score, q_sample(x0.detach(), fake_noise, fake_t), fake_t, text, mask), fake_noise)
     fake_score.backward(fake)
     fake_score.step()
     return {"loss": loss.detach(), "distribution_matching": dm.detach(), "regression": regression.detach(),

@@ -7,17 +7,18 @@ import torch
 
 class EMA:
     """EMA with the usual warm-up ``min(decay, (1 + n) / (10 + n))``: a short stage is not dominated
-    by its weak input's weights, a long one converges to ``decay``."""
+    by its weak input's weights, a long one converges to ``decay``. ``warmup`` False keeps ``decay``
+    from the first update (LCM's target network)."""
 
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        self.decay = decay
+    def __init__(self, model: torch.nn.Module, decay: float, *, warmup: bool = True) -> None:
+        self.decay, self.warmup = decay, warmup
         self.updates = 0
         self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
         state = model.state_dict()
         for k, v in state.items():
             if self.shadow[k].device != v.device:  # the engine moved the model after the EMA was taken

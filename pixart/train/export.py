@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import diffusers
+from diffusers import SchedulerMixin
 from safetensors import SafetensorError
 
 from pixart import atomic, tracking
+from pixart.config import StageConfig
 from pixart.data.features import FeatureCache, built_cache_key
-from pixart.diffusion.schedule import dpm_solver_scheduler
+from pixart.diffusion.schedule import dpm_solver_scheduler, lcm_scheduler
 from pixart.models.builders import text_encoder_classes
 from pixart.models.transformer import PixArtSigmaTransformer
 from pixart.stage_info import LatentRange, StageInfo
@@ -30,13 +32,20 @@ from pixart.train.job import StageJob
 from pixart.train.samples import GRID_FILE, sample_grid
 
 
-def model_index(text_encoder: Path) -> dict[str, Any]:
+def stage_scheduler(stage: StageConfig) -> SchedulerMixin:
+    """The scheduler a stage folder ships: an LCM stage's ``LCMScheduler`` on its solver's grid, else DPM-Solver."""
+    if stage.kind == "lcm":
+        return lcm_scheduler(stage.lcm.num_ddim_timesteps)
+    return dpm_solver_scheduler()
+
+
+def model_index(text_encoder: Path, scheduler: SchedulerMixin) -> dict[str, Any]:
     """model_index.json of a stage folder whose text encoder is a copy of ``text_encoder``."""
     encoder_class, tokenizer_class = text_encoder_classes(text_encoder)
     return {
         "_class_name": "PixArtSigmaPipeline",
         "_diffusers_version": diffusers.__version__,
-        "scheduler": ["diffusers", "DPMSolverMultistepScheduler"],
+        "scheduler": ["diffusers", type(scheduler).__name__],
         "text_encoder": ["transformers", encoder_class],
         "tokenizer": ["transformers", tokenizer_class],
         "transformer": [PixArtSigmaTransformer.__module__, PixArtSigmaTransformer.__name__],
@@ -52,11 +61,12 @@ def write_pipeline(out_dir: Path, transformer: PixArtSigmaTransformer, job: Stag
     try:
         with atomic.folder(out_dir) as tmp:
             transformer.save_pretrained(tmp / "transformer", safe_serialization=True)
-            dpm_solver_scheduler().save_pretrained(tmp / "scheduler")
+            scheduler = stage_scheduler(job.stage)
+            scheduler.save_pretrained(tmp / "scheduler")
             link_tree(job.components.vae, tmp / "vae")
             link_tree(job.components.text_encoder / "text_encoder", tmp / "text_encoder")
             link_tree(job.components.text_encoder / "tokenizer", tmp / "tokenizer")
-            atomic.write_json(tmp / "model_index.json", model_index(tmp / "text_encoder"))
+            atomic.write_json(tmp / "model_index.json", model_index(tmp / "text_encoder", scheduler))
             info.write(tmp)
     # safetensors reports a full disk as its own error, not as an OSError
     except (OSError, SafetensorError) as exc:
@@ -82,7 +92,8 @@ def version_description(job: StageJob, parent_version: str | None) -> str:
     """The registry's one-line account of a stage's checkpoint: what the stage changes and what it
     started from; PixEval appends its scores later (``tracking.log_version_metrics``)."""
     stage = job.stage
-    what = stage.description or {"import": "imported official weights", "dmd": "one-step DMD generator"}.get(
+    what = stage.description or {"import": "imported official weights", "dmd": "one-step DMD generator",
+                                 "lcm": "few-step LCM generator"}.get(
         stage.kind, "training stage")
     source = (f"weak input {stage.init_from} (version {parent_version})" if stage.init_from
               else f"from {stage.pretrained}" if stage.pretrained else "from scratch")

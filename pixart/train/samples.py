@@ -27,13 +27,13 @@ def tile(images: Sequence[Image.Image], columns: int | None = None) -> Image.Ima
 
 def sample_grid(pipeline_dir: Path, prompts: Sequence[str], pixels: int, *, max_tokens: int, seed: int = 0,
                 precision: str = "fp32") -> Image.Image:
-    """The multi-step sampler (DPM-Solver, CFG) for a stage; the one-step sampler for a DMD generator.
-    It runs on ``run_device()`` in ``precision``, the profile's ``train.precision``."""
-    from pixart.diffusion.one_step import one_step_t_gen, sample_one_step
-    from pixart.diffusion.sampling import sample
+    """The stage's own sampler (``StageSampler``) at its default steps, on ``run_device()`` in
+    ``precision``, the profile's ``train.precision``."""
+    from pixart.diffusion.sampling import DEFAULT_CFG, DEFAULT_STEPS
+    from pixart.diffusion.stage_sampler import StageSampler
     from pixart.models.pipeline import load_pipeline
 
-    pipeline, t_gen = load_pipeline(pipeline_dir, precision=precision), one_step_t_gen(pipeline_dir)
-    size = {"seed": seed, "height": pixels, "width": pixels, "max_tokens": max_tokens}
-    images = sample(pipeline, prompts, **size) if t_gen is None else sample_one_step(pipeline, prompts, t_gen=t_gen, **size)
+    pipeline, sampler = load_pipeline(pipeline_dir, precision=precision), StageSampler.of(pipeline_dir)
+    images = sampler.sample(pipeline, prompts, steps=sampler.steps(None, DEFAULT_STEPS), cfg=DEFAULT_CFG, seed=seed,
+                            height=pixels, width=pixels, max_tokens=max_tokens)
     return tile(images)

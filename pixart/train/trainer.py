@@ -141,6 +141,12 @@ def denoiser_output(model, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tenso
                  added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample.float()
 
 
+def predicted_eps(model, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The epsilon half of a learned-sigma transformer's output (model: a module or a DeepSpeed engine),
+    what the distillations (DMD, LCM) read."""
+    return denoiser_output(model, x_t, t, text, mask)[:, : x_t.shape[1]]
+
+
 def import_official(job: StageJob) -> Path:
     """An ``import`` stage (xl's base, PixArt-alpha): the official checkpoint, converted and exported
     as the curriculum's first weak input, with no training step."""
