@@ -18,11 +18,11 @@ def dmd(root: Path, label: str) -> Path:
     from pixart.train.dmd import train_dmd
     from pixart.train.dmd_pairs import PAIRS_FILE, make_teacher_pairs
     from pixart.train.job import StageJob
-    from tests.test_dmd_stage import _world
+    from tests.helpers_models import teacher_world
 
     teacher, features, pairs = root / "outputs/aes-512", root / "features/aes-512", root / "outputs/dmd-pairs"
     if not (pairs / PAIRS_FILE).exists():
-        _world(root)
+        teacher_world(root)
         make_teacher_pairs(teacher, features, pairs, pairs=4, steps=2, cfg=4.5)
     name, profile = load_profile("smoke")
     profile = profile.model_copy(update={"train": profile.train.model_copy(update={"save_every": 2, "log_every": 1})})

@@ -1,4 +1,4 @@
-"""bf16 under ZeRO-2 (xl's precision): the trainer and DMD feed the engine its own dtype, and a stage
+"""bf16 under ZeRO-2 (xl's precision): the trainer, DMD and LCM feed the engine its own dtype, and a stage
 exports fp32 weights (the EMA's), not a bf16 rounding of them."""
 
 import pytest
@@ -12,7 +12,7 @@ from pixart.train.dmd import train_dmd
 from pixart.train.dmd_pairs import make_teacher_pairs
 from pixart.train.job import StageJob
 from pixart.train.trainer import train
-from tests.test_dmd_stage import _world
+from tests.helpers_models import teacher_world
 
 WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
 
@@ -30,7 +30,7 @@ def _job(tmp_path, name: str, teacher, components, features, **train_update) -> 
 @pytest.mark.parametrize("optimizer", ["adamw", "came"])
 def test_bf16_zero2_stage_trains_and_exports_fp32_weights(tmp_path, optimizer):
     tracking.configure(Settings(root=tmp_path))
-    teacher, components, features = _world(tmp_path)
+    teacher, components, features = teacher_world(tmp_path)
     out = train(_job(tmp_path, "aes-1024", teacher, components, features, optimizer=optimizer))
     before, after = load_file(teacher / WEIGHTS), load_file(out / WEIGHTS)
     assert {t.dtype for t in after.values()} == {torch.float32}
@@ -42,7 +42,18 @@ def test_bf16_zero2_stage_trains_and_exports_fp32_weights(tmp_path, optimizer):
 
 def test_bf16_dmd_stage_trains_and_exports_fp32_weights(tmp_path):
     tracking.configure(Settings(root=tmp_path))
-    teacher, components, features = _world(tmp_path)
+    teacher, components, features = teacher_world(tmp_path)
     pairs = make_teacher_pairs(teacher, features, tmp_path / "outputs/dmd-pairs", pairs=4, steps=2, cfg=4.5)
     out = train_dmd(_job(tmp_path, "dmd", teacher, components, features), pairs)
     assert {t.dtype for t in load_file(out / WEIGHTS).values()} == {torch.float32}
+
+
+def test_bf16_lcm_stage_trains_and_exports_fp32_weights(tmp_path):
+    from pixart.train.lcm import train_lcm
+
+    tracking.configure(Settings(root=tmp_path))
+    teacher, components, features = teacher_world(tmp_path)
+    out = train_lcm(_job(tmp_path, "lcm", teacher, components, features))
+    after = load_file(out / WEIGHTS)
+    assert {t.dtype for t in after.values()} == {torch.float32}
+    assert all(torch.isfinite(t).all() for t in after.values())

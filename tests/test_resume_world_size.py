@@ -11,12 +11,12 @@ from pixart.settings import Settings
 from pixart.train.checkpoint import ResumeError
 from pixart.train.job import StageJob
 from pixart.train.trainer import train
-from tests.test_dmd_stage import _world
+from tests.helpers_models import teacher_world
 
 
 def test_resume_on_another_world_size_is_refused_naming_both(tmp_path):
     tracking.configure(Settings(root=tmp_path))
-    teacher, components, features = _world(tmp_path)
+    teacher, components, features = teacher_world(tmp_path)
     name, profile = load_profile("smoke")
     profile = profile.model_copy(update={"train": profile.train.model_copy(update={"save_every": 2, "log_every": 1})})
     stage = profile.stages["aes-1024"].model_copy(update={"steps": 3})
