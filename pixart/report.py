@@ -288,7 +288,7 @@ _INTRO = {
     f"from `{METRICS}/pixeval_trend.json`.",
     "The same prompts across stages": "",
     "Loss curves": "Each stage's training loss by step, from its MLflow run (`loss_curves.csv`); `dmd` logs "
-    "its generator's loss, which is no diffusion loss.",
+    "its generator's loss and `lcm` its consistency loss, which are no diffusion losses.",
     "Caption statistics": f"The paper's Table 1 for the training set, from `{METRICS}/caption_stats.json`; "
     "VN/DN: distinct nouns occurring more than 10 times over all distinct nouns.",
     "VAE reconstruction": "Held-out reconstruction MSE (pixels in [-1, 1]), over all pixels and over the "

@@ -1,4 +1,4 @@
-"""``python -m tests.drills VARIANT ROOT LABEL``: train a loop variant (dmd, vae) for ``STEPS`` steps,
+"""``python -m tests.drills VARIANT ROOT LABEL``: train a loop variant (dmd, lcm, vae) for ``STEPS`` steps,
 saving every second one, in a process that the crash drill can SIGKILL (PIXART_SIGKILL_AFTER_STEP) and a
 re-run resumes. The world (a teacher and its pairs, or a dataset) is built in ROOT by the first call and
 shared; LABEL names the run's own outputs and resumable state. Prints the exported weights' file."""
@@ -34,6 +34,25 @@ def dmd(root: Path, label: str) -> Path:
     return train_dmd(job, pairs / PAIRS_FILE) / "transformer/diffusion_pytorch_model.safetensors"
 
 
+def lcm(root: Path, label: str) -> Path:
+    from pixart.train.components import Components
+    from pixart.train.job import StageJob
+    from pixart.train.lcm import train_lcm
+    from tests.helpers_models import teacher_world
+
+    teacher, features = root / "outputs/aes-512", root / "features/aes-512"
+    if not (features / "index.json").exists():
+        teacher_world(root)
+    name, profile = load_profile("smoke")
+    profile = profile.model_copy(update={"train": profile.train.model_copy(update={"save_every": 2, "log_every": 1})})
+    job = StageJob(name="lcm", profile_name=name, profile=profile,
+                   stage=profile.stages["lcm"].model_copy(update={"steps": STEPS}), features=features,
+                   components=Components(vae=teacher / "vae", text_encoder=teacher),
+                   out_dir=root / f"outputs/lcm-{label}", state_dir=root / f"state/lcm-{label}",
+                   data_version="test", weak_input=teacher)
+    return train_lcm(job) / "transformer/diffusion_pytorch_model.safetensors"
+
+
 def vae(root: Path, label: str) -> Path:
     from pixart.data.generate import generate_dataset
     from pixart.train.vae import VAETrainer
@@ -50,4 +69,4 @@ def vae(root: Path, label: str) -> Path:
 if __name__ == "__main__":
     variant, root, label = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     tracking.configure(Settings(root=root))
-    print({"dmd": dmd, "vae": vae}[variant](root, label))
+    print({"dmd": dmd, "lcm": lcm, "vae": vae}[variant](root, label))

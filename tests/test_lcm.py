@@ -6,6 +6,7 @@ import json
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,3 +124,19 @@ def test_lcm_stage_exports_a_pipeline_diffusers_samples_in_1_2_4_steps(tmp_path)
     pixels = {steps: torch.tensor(list(im.getdata()), dtype=torch.float32) for steps, im in images.items()}
     assert all(im.size == (DEBUG_IMAGE_SIDE, DEBUG_IMAGE_SIDE) for im in images.values())
     assert not torch.equal(pixels[1], pixels[2]) and not torch.equal(pixels[2], pixels[4])
+
+    # `pixart generate --steps 2` samples the LCM stage with its own sampler: the same image (up to a
+    # rounding level: the CLI loads the folder its own way and its text features are not trimmed to 16 tokens)
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from pixart.cli import app
+
+    png = tmp_path / "two.png"
+    result = CliRunner().invoke(app, ["generate", "--model", str(out), "--prompt", "a small red circle on the left",
+                                      "--steps", "2", "--height", str(DEBUG_IMAGE_SIDE), "--width", str(DEBUG_IMAGE_SIDE),
+                                      "--out", str(png)])
+    assert result.exit_code == 0, result.output
+    assert "LCM 2 steps, no CFG" in result.output
+    diff = np.abs(np.asarray(Image.open(png).convert("RGB"), np.int16) - np.asarray(images[2], np.int16))
+    assert diff.max() <= 1, diff.max()  # another weight or sampler would move whole images

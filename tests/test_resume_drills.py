@@ -20,7 +20,7 @@ def _drill(variant: str, root, label: str, **env: str) -> subprocess.CompletedPr
                           env={**subprocess_env(), **env}, capture_output=True, text=True, check=False)
 
 
-@pytest.mark.parametrize("variant", ["dmd", "vae"])
+@pytest.mark.parametrize("variant", ["dmd", "lcm", "vae"])
 def test_a_killed_run_resumes_to_the_uninterrupted_weights(variant, tmp_path):
     straight = _drill(variant, tmp_path, "straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
