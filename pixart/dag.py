@@ -27,6 +27,7 @@ import yaml
 
 from pixart import atomic
 from pixart.config import PARAMS_FILE, ParamsError, Profile, extends_chain, load_profile, read_raw
+from pixart.eval.few_step import lcm_stages
 from pixart.paths import FEATURE_FIELDS, REFERENCE_METRICS, feature_set, feature_sets
 from pixart.rendered import require_rendering
 
@@ -183,7 +184,7 @@ def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
         # pixeval out of the run cache
         "outs": [*(["outputs/judge"] if judged else []), "metrics/pixeval"],
         "metrics": ["metrics/pixeval.json", "metrics/pixeval_trend.json", "metrics/stage_times.json",
-                    *(["metrics/table4.json"] if any(s.kind == "lcm" for s in profile.stages.values()) else [])],
+                    *(["metrics/table4.json"] if lcm_stages(profile) else [])],
         "plots": [{"metrics/pixeval_plot.csv": {"x": "stage"}}, {"metrics/loss_curves.csv": {"x": "step", "y": "loss"}}],
     }
     return stages
