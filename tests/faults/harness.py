@@ -1,4 +1,4 @@
-"""What the fault cases share: the tiny world of tests/test_dmd_stage.py, a short stage job on it, runs
+"""What the fault cases share: the tiny world of tests/helpers_models.teacher_world, a short stage job on it, runs
 of that job in a process of its own (which a SIGKILL can end), a tiny feature build, and the measure
 of what a fault cost: the bytes of the files that existed before it and are gone or changed after.
 
@@ -27,9 +27,9 @@ FEATURE_IDENTITY = {"vae": "tiny-vae", "text_encoder": "tiny-t5", "tokenizer": "
 def world(root: Path) -> None:
     """The teacher pipeline (registered at the configured store), its components and a feature
     cache in ``root``, as the stages before ``STAGE`` would leave them."""
-    from tests.test_dmd_stage import _world
+    from tests.helpers_models import teacher_world
 
-    _world(root)
+    teacher_world(root)
 
 
 def stage_job(root: Path, steps: int = STEPS, out_dir: Path | None = None):
