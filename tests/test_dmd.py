@@ -7,6 +7,7 @@ import torch
 
 from pixart.config import DMDConfig, TrainDefaults
 from pixart.diffusion.one_step import sample_one_step
+from pixart.diffusion.sampling import image_generators
 from pixart.models.builders import encode_captions
 from pixart.train.dmd import distribution_matching_loss, dmd_draws, dmd_step, generate
 from tests.helpers_models import DEBUG_IMAGE_SIDE, DEBUG_LATENT_SIDE, debug_parts, perturb
@@ -81,7 +82,7 @@ def test_one_step_sample_equals_the_generator_formula(parts):
     for t_gen in (400, 999):
         latents = sample_one_step(pipeline, prompts, t_gen=t_gen, seed=3, height=DEBUG_IMAGE_SIDE,
                                   width=DEBUG_IMAGE_SIDE, max_tokens=16, output_type="latent")
-        z = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(3))
+        z = torch.cat([torch.randn((1, *SHAPE), generator=g) for g in image_generators(3, 2)])  # noise per image
         with torch.no_grad():
             # the sampler's caption features: trimmed to the longest caption (padding is masked out)
             text, mask = encode_captions(pipeline.text_encoder, pipeline.tokenizer, prompts, 16, pad_to_max=False)

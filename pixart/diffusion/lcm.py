@@ -82,18 +82,9 @@ def sample_lcm(pipeline: Any, prompts: Sequence[str], *, steps: int, seed: int =
                width: int | None = None, max_tokens: int = 300, output_type: str = "pil") -> Any:
     """``steps``-step samples of an LCM stage through its pipeline's ``LCMScheduler``, without guidance
     (the teacher's is distilled in), the initial noise drawn from ``seed`` as ``sample`` draws it."""
-    from pixart.diffusion.sampling import prompt_embeddings
+    from pixart.diffusion.sampling import run_pipeline
 
     if not isinstance(pipeline.scheduler, LCMScheduler):
         raise TypeError(f"an LCM stage samples with its LCMScheduler, not {type(pipeline.scheduler).__name__}")
-    result = pipeline(
-        **prompt_embeddings(pipeline, prompts, max_tokens, negative=False),
-        num_inference_steps=steps,
-        guidance_scale=1.0,
-        generator=torch.Generator(device="cpu").manual_seed(seed),
-        height=height,
-        width=width,
-        use_resolution_binning=False,
-        output_type=output_type,
-    )
-    return result.images
+    return run_pipeline(pipeline, prompts, seed=seed, max_tokens=max_tokens, guidance_scale=1.0, height=height,
+                        width=width, output_type=output_type, num_inference_steps=steps)

@@ -50,7 +50,7 @@ def sample_one_step(
 ) -> Any:
     """One-step samples of a DMD generator: PIL images (``output_type="pil"``) or the (B, C, h, w)
     latents (``"latent"``). The initial noise is the pipeline's, drawn from ``seed`` as ``sample`` does."""
-    from pixart.diffusion.sampling import prompt_embeddings
+    from pixart.diffusion.sampling import run_pipeline
 
     if not 1 <= t_gen < 1000:
         raise ValueError(f"t_gen: {t_gen} is not in 1..999")
@@ -61,14 +61,5 @@ def sample_one_step(
     else:
         pipeline = pipeline_or_path
     use_dpm_solver(pipeline)
-    result = pipeline(
-        **prompt_embeddings(pipeline, prompts, max_tokens, negative=False),
-        timesteps=[t_gen],
-        guidance_scale=1.0,
-        generator=torch.Generator(device="cpu").manual_seed(seed),
-        height=height,
-        width=width,
-        use_resolution_binning=False,
-        output_type=output_type,
-    )
-    return result.images
+    return run_pipeline(pipeline, prompts, seed=seed, max_tokens=max_tokens, guidance_scale=1.0, height=height,
+                        width=width, output_type=output_type, timesteps=[t_gen])

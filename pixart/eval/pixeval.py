@@ -34,6 +34,9 @@ from pixart.eval.fid import Statistics, extract_features, frechet_distance_to, i
 from pixart.eval.judge import MIN_HELD_OUT_ACCURACY, Judge, train_judge
 
 GRID_IMAGES = 16
+# images per sampling batch: on 2 cores 8 is the fastest per image at every size measured (256 px:
+# 2.26 s against 2.81 at 32; 128 px: 0.33 against 0.42), and an image does not depend on it
+RENDER_BATCH = 8
 JUDGE_KEY = "key.json"
 PLOT_COLUMNS = ("stage", "fid", "alignment", "vae_ceiling_alignment")
 Metrics = dict[str, float | str]
@@ -90,17 +93,17 @@ def _generate(
     pipeline, sampler: StageSampler, prompts: Sequence[str], *, batch_size: int, seed: int, steps: int, cfg: float,
     **size,
 ) -> tuple[np.ndarray, float]:
-    """All images (uint8 NHWC) and the seconds per image, drawn by the stage's own sampler. Batch
-    ``i`` uses seed ``seed + i``, so an image depends on the prompt list and seed only."""
+    """All images (uint8 NHWC) and the seconds per image, drawn by the stage's own sampler. Prompt
+    ``k`` is drawn from seed ``seed + k`` whatever the batch size (``image_generators``)."""
     from tqdm.auto import tqdm
 
     images = []
     start = time.perf_counter()
     # a 2K stage renders for minutes on a CPU: the bar says how far it is
-    batches = list(enumerate(range(0, len(prompts), batch_size)))
-    for i, first in tqdm(batches, desc=f"pixeval: rendering {len(prompts)} images", unit="batch", leave=False):
-        images += sampler.sample(pipeline, prompts[first : first + batch_size], steps=steps, cfg=cfg, seed=seed + i,
-                                 **size)
+    batches = range(0, len(prompts), batch_size)
+    for first in tqdm(batches, desc=f"pixeval: rendering {len(prompts)} images", unit="batch", leave=False):
+        images += sampler.sample(pipeline, prompts[first : first + batch_size], steps=steps, cfg=cfg,
+                                 seed=seed + first, **size)
     return _as_uint8(images), (time.perf_counter() - start) / len(prompts)
 
 
@@ -206,7 +209,7 @@ def evaluate_stage(
     backbone: FeatureBackbone,
     judge: Judge | None = None,
     clip: ClipScorer | None = None,
-    batch_size: int = 32,
+    batch_size: int = RENDER_BATCH,
     grid_path: Path | None = None,
     device: str = "cpu",
 ) -> StageEvaluation:
