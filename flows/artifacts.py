@@ -101,7 +101,8 @@ def artifact_key(*parts: str) -> str:
 
 
 def publish(profile: str, stages: Sequence[str], outcomes: Mapping[str, str], paths: CurriculumPaths) -> None:
-    """Create the run's artifacts: ``pixeval-<profile>`` (table), ``mlflow-<profile>`` (links) and
+    """Create the run's artifacts: ``pixeval-<profile>`` (table), ``mlflow-<profile>`` (links),
+    ``recaption-<profile>`` (the caption panels, when the recaption stage wrote them) and
     ``samples-<stage>`` (one per stage with a grid)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -117,6 +118,10 @@ def publish(profile: str, stages: Sequence[str], outcomes: Mapping[str, str], pa
                        settings.registered_model),
         key=artifact_key("mlflow", profile), description="MLflow runs and registered versions",
     )
+    panels = paths.metrics / "recaption" / "panels.md"
+    if panels.is_file() and panels.stat().st_size <= MAX_INLINE_BYTES:
+        create_markdown_artifact(panels.read_text(), key=artifact_key("recaption", profile),
+                                 description="Recaption: raw caption, recaption and truth side by side")
     for stage in stages:
         markdown = samples_markdown(stage, paths.stage(stage) / GRID_FILE)
         if markdown is not None:

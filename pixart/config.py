@@ -258,6 +258,38 @@ class PixEvalConfig(_Strict):
                                  "(paper: 1, 2, 4); its PixEval row samples in 4.")
 
 
+# Share-Captioner's instruction (ShareGPT4V's share-captioner batch inference), the paper's recaptioner
+SHARE_CAPTIONER_INSTRUCTION = "Analyze the image in a comprehensive and detailed manner."
+
+
+class RecaptionConfig(_Strict):
+    """The recaption stage: who writes the dense captions the dense-caption stages train on."""
+
+    captioner: Literal["scene", "vlm"] = Field(
+        description="scene: a scene reader trained here on the generated training split, whose reading is "
+        "written in the dataset's own phrasing (tiny); vlm: a transformers image-text-to-text model from "
+        "'model_path' (xl)."
+    )
+    caption_source: Literal["recaption", "truth"] = Field(
+        "recaption", description="What a dense-caption stage trains on: the recaptions, or the dataset's own dense "
+        "captions (sharegpt4v: the generator's truth, or the user's), the ablation."
+    )
+    model_path: Path | None = Field(None, description="Local folder of the VLM (vlm); relative to the project root.")
+    instruction: str = Field(SHARE_CAPTIONER_INSTRUCTION, min_length=1, description="The VLM's prompt.")
+    max_new_tokens: int = Field(300, gt=0, description="Token budget of one VLM caption.")
+    batch_size: int = Field(8, gt=0, description="Images per VLM generate call, per process.")
+    num_gpus: int = Field(1, gt=0, description="Processes the VLM shards the images over (one GPU each).")
+    steps: int = Field(400, gt=0, description="Training steps of the scene reader (scene).")
+    seed: int = Field(1, description="The scene reader's seed: not PixEval's judge's, so that two networks read.")
+    panels: int = Field(8, ge=0, description="Held-out images shown with their captions side by side.")
+
+    @model_validator(mode="after")
+    def _vlm_has_a_model(self) -> RecaptionConfig:
+        if self.captioner == "vlm" and self.model_path is None:
+            raise ValueError("captioner 'vlm' needs model_path (a local transformers image-text-to-text folder)")
+        return self
+
+
 class Profile(_Strict):
     description: str = ""
     model: str = Field(description="Model spec: xl, tiny or debug.")
@@ -274,6 +306,9 @@ class Profile(_Strict):
     )
     stages: dict[str, StageConfig]
     pixeval: PixEvalConfig
+    recaption: RecaptionConfig | None = Field(
+        None, description="The recaption stage; null: dense-caption stages train on the dataset's own dense captions."
+    )
 
     @model_validator(mode="after")
     def _curriculum_is_a_chain(self) -> Profile:
@@ -284,6 +319,9 @@ class Profile(_Strict):
             if stage.vae not in self.vaes:
                 raise ValueError(f"stages.{name}.vae: '{stage.vae}' is not one of vaes {sorted(self.vaes)}")
             seen.append(name)
+        if self.recaption is not None and self.recaption.captioner == "scene" and self.data.source != "generated":
+            raise ValueError("recaption.captioner: 'scene' reads generated scenes only (data.source is "
+                             f"'{self.data.source}'); use 'vlm' with a model_path")
         unused = sorted(set(self.vaes) - {s.vae for s in self.stages.values()})
         if unused:
             # a VAE no stage encodes with has no size to be trained or checked at
@@ -297,6 +335,11 @@ class Profile(_Strict):
                     f"({top} px); stages must never train on upsampled pixels"
                 )
         return self
+
+    def recaptioned(self, stage: StageConfig) -> bool:
+        """Whether ``stage`` trains on the recaption stage's captions: a dense-caption stage, with
+        recaptions as the caption source."""
+        return stage.caption == "dense" and self.recaption is not None and self.recaption.caption_source == "recaption"
 
     def pixels(self, stage_or_resolution: StageConfig | int) -> int:
         """Rendered pixels of a stage, or of a nominal resolution."""

@@ -39,7 +39,7 @@ HEADER = (
 # The recorded reference run (`pixart report --record`, git-tracked): `dvc metrics show` lists it beside
 # the stages' own metrics on any checkout, and `dvc metrics diff` compares a newly recorded run with it.
 _REFERENCE_METRICS = ("pixeval.json", "pixeval_trend.json", "table4.json", "stage_times.json", "caption_stats.json",
-                      "vaes.json")
+                      "vaes.json", "recaption.json")
 REFERENCE = {
     "metrics": [f"{REFERENCE_METRICS}/{name}" for name in _REFERENCE_METRICS],
     "plots": [{f"{REFERENCE_METRICS}/pixeval_plot.csv": {"x": "stage"}},
@@ -92,6 +92,8 @@ def sharded_gpus(profile: Profile) -> dict[str, int]:
     gpus = {f"features-{name}": max(profile.stages[r].num_gpus for r in readers)
             for name, readers in feature_sets(profile).items()}
     gpus.update({f"{name}-pairs": s.num_gpus for name, s in profile.stages.items() if s.kind == "dmd"})
+    if profile.recaption is not None:
+        gpus["recaption"] = profile.recaption.num_gpus if profile.recaption.captioner == "vlm" else 1
     return gpus
 
 
@@ -102,17 +104,36 @@ def _feature_stages(profile: Profile, keys: _Keys, gpus: dict[str, int]) -> dict
     for name in feature_sets(profile):
         fields = [key for field in FEATURE_FIELDS for key in (*keys("stages", name, field),
                                                               *keys("stage_defaults", field))]
+        # a dense-caption set encodes the recaption stage's captions, unless the source is the truth
+        recaptioned = profile.recaptioned(profile.stages[name])
         stages[f"features-{name}"] = {
             "cmd": _launched(f"stages.features {name}", gpus[f"features-{name}"]),
             "deps": ["stages/features.py", "pixart/data/features.py", "pixart/data/feature_identity.py",
                      "pixart/data/buckets.py", "pixart/data/null_caption.py", "pixart/models/builders.py",
                      "pixart/hashing.py", "data/train",
-                     "outputs/text-encoder", f"outputs/vae-{profile.stages[name].vae}"],
+                     "outputs/text-encoder", f"outputs/vae-{profile.stages[name].vae}",
+                     *(["pixart/captions/recaption.py", "outputs/recaption"] if recaptioned else [])],
             "params": ["profile", *fields, *keys("pixel_scale"), *keys("bucket_quantum_px"),
-                       *keys("train", "precision")],
+                       *keys("train", "precision"),
+                       *(keys("recaption", "caption_source") if profile.stages[name].caption == "dense" else [])],
             "outs": [f"features/{name}"],
         }
     return stages
+
+
+def _recaption_stage(profile: Profile, keys: _Keys, gpus: dict[str, int]) -> dict[str, Any]:
+    """recaption: after prepare-data, before the feature sets that read its captions."""
+    cfg = profile.recaption
+    clip = profile.pixeval.clip_path
+    return {
+        "cmd": _launched("stages.recaption", gpus["recaption"]),
+        "deps": ["stages/recaption.py", "stages/common.py", "stages/features.py", "pixart/captions",
+                 "pixart/eval/judge.py", "pixart/eval/images.py", "pixart/eval/clip_score.py", "pixart/data/scenes.py",
+                 "pixart/data/caption_stats.py", "data/train", "data/heldout", *_local(cfg.model_path), *_local(clip)],
+        "params": ["profile", *keys("recaption"), *keys("train", "precision"), *keys("pixeval", "clip_path")],
+        "outs": ["outputs/recaption", "metrics/recaption"],
+        "metrics": ["metrics/recaption.json"],
+    }
 
 
 def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
@@ -147,6 +168,8 @@ def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
         },
     }
     gpus = sharded_gpus(profile)
+    if profile.recaption is not None:
+        stages["recaption"] = _recaption_stage(profile, keys, gpus)
     stages.update(_feature_stages(profile, keys, gpus))
     for name, stage in profile.stages.items():
         stage_params = ["profile", *keys("stages", name), *keys("stage_defaults"), *keys("train"), *keys("model")]

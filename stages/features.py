@@ -11,10 +11,12 @@ folder, outside the DVC output: a killed build resumes shard by shard.
 GPU each; the result is the same as one process's.
 """
 
+import json
 import os
 
 import torch
 
+from pixart.captions.recaption import dense_captions
 from pixart.data.buckets import aspect_ratio_buckets
 from pixart.data.features import build_feature_cache
 from pixart.data.null_caption import save_null_caption
@@ -30,7 +32,7 @@ from pixart.models.pipeline import run_device
 from pixart.paths import feature_sets
 from pixart.train import distributed
 from pixart.train.components import Components
-from stages.common import parse
+from stages.common import StageContext, parse
 
 
 def join_launcher() -> int:
@@ -41,6 +43,14 @@ def join_launcher() -> int:
     if run_device().type == "cuda":  # before NCCL starts: its barriers run on the current device
         torch.cuda.set_device(run_device())
     return distributed.init()[0]
+
+
+def recaptions(ctx: StageContext) -> dict[str, str]:
+    """The training split's dense captions as the recaption stage wrote them: entry path -> caption."""
+    written = ctx.paths.stage("recaption") / "train.json"
+    if not written.is_file():
+        raise SystemExit(f"features: {written} not found; the recaption stage runs first (dvc repro)")
+    return dense_captions(ctx.paths.train_dataset(ctx.profile), json.loads(written.read_text())["captions"])
 
 
 def main() -> None:
@@ -65,11 +75,12 @@ def main() -> None:
         buckets=buckets, quality="high" if stage.quality == "high" else None, limit=stage.images,
         identity={"text_encoder": folder_hash(encoder_dir), "tokenizer": folder_hash(tokenizer_dir),
                   "vae": folder_hash(components.vae)},
-        work_dir=paths.features_work,
+        work_dir=paths.features_work, dense_captions=recaptions(ctx) if profile.recaptioned(stage) else None,
     )
     if rank == 0:
         save_null_caption(out, *null_caption_embedding(text_encoder, tokenizer, stage.max_tokens))
-        print(f"features: {name} ({pixels} px, {stage.caption}, {stage.max_tokens} tokens) -> {out}")
+        source = " (recaptions)" if profile.recaptioned(stage) else ""
+        print(f"features: {name} ({pixels} px, {stage.caption}{source}, {stage.max_tokens} tokens) -> {out}")
 
 
 if __name__ == "__main__":

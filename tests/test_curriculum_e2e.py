@@ -105,6 +105,25 @@ def test_lcm_ships_its_scheduler_and_pixeval_writes_table4(smoke_run):
     assert all(r["fid"] > 0 and r["seconds_per_image"] > 0 for r in table["rows"])
 
 
+def test_align_trains_on_the_recaptions_and_the_audit_compares_three_sources(smoke_run):
+    from pixart.captions.recaption import image_hashes
+
+    root = smoke_run.root
+    recaptions = json.loads((root / "outputs/recaption/train.json").read_text())["captions"]
+    assert set(recaptions) == set(image_hashes(root / "data/train").values())  # every training image
+    # data_info.json keeps the generator's captions; the features of the dense sets hold the recaptions
+    index = json.loads((root / "features/align/index.json").read_text())
+    assert index["components"]["dense_captions"], index["components"]
+    assert "dense_captions" not in json.loads((root / "features/base/index.json").read_text())["components"]
+    audit = json.loads((root / "metrics/recaption.json").read_text())
+    assert set(audit["sources"]) == {"raw", "recaption", "truth"}
+    truth = audit["sources"]["truth"]
+    assert (truth["hallucination"], truth["recall"], truth["exact"]) == (0.0, 1.0, 1.0)
+    assert 0.0 <= audit["sources"]["recaption"]["hallucination"] <= 1.0 and audit["reader_held_out_accuracy"] > 0
+    panels = (root / "metrics/recaption/panels.md").read_text()
+    assert "| image | raw | recaption | truth |" in panels and "data:image/png;base64," in panels
+
+
 def test_pixevals_judge_reads_real_heldout_images_far_above_chance(smoke_run):
     from PIL import Image
 

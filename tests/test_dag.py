@@ -71,7 +71,7 @@ def test_xl_dag_holds_both_4k_rows_and_reads_the_users_data():
     # every feature set and the teacher pairs shard over the GPUs of the stages they serve, and their pods get as many
     assert raw["features-aes-1024"]["cmd"] == "python -m pixart launch --num-gpus 8 stages.features aes-1024"
     assert dag.sharded_gpus(load_all(params)["xl"]) == {**{f"features-{s}": 8 for s in (
-        "vae-adapt", "align", "aes-512", "aes-1024", "aes-2k", "aes-4k")}, "dmd-pairs": 8}
+        "vae-adapt", "align", "aes-512", "aes-1024", "aes-2k", "aes-4k")}, "dmd-pairs": 8, "recaption": 8}
 
 
 def test_a_feature_set_depends_on_the_params_that_enter_its_key_only():

@@ -217,6 +217,7 @@ def test_the_cli_writes_the_same_bytes_for_the_same_seed(root: Path, tmp_path: P
         stand_ins.PIXART_ALPHA,
         stand_ins.INCEPTION,
         stand_ins.CLIP,
+        stand_ins.VLM,
     }
     assert {p.name for p in (tmp_path / "again").iterdir()} == expected
     first, again = files_of(root / "pretrained"), files_of(tmp_path / "again")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ def cache_components(
     quality: str | None,
     limit: int | None,
     identity: dict[str, str] | None,
+    dense_captions: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Everything a cache's bytes depend on (``build_feature_cache``'s arguments, hashed): a given
     ``vae`` / ``text_encoder`` / ``tokenizer`` entry of ``identity`` replaces that computed hash, and
@@ -79,6 +81,9 @@ def cache_components(
         "quality": quality,
         "limit": limit,
         "identity": identity,
+        # recaptions replace the dataset's dense captions: their text is part of what is encoded
+        **({} if dense_captions is None else {"dense_captions": hashlib.sha256(
+            json.dumps(dict(dense_captions), sort_keys=True).encode()).hexdigest()}),
     }
 
 

@@ -24,7 +24,7 @@ import logging
 import os
 import posixpath
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,7 @@ def build_feature_cache(
     batch_size: int = 16,
     identity: dict[str, str] | None = None,
     work_dir: Path | None = None,
+    dense_captions: Mapping[str, str] | None = None,
 ) -> Path:
     """Encode a dataset's images (VAE) and captions (T5) into ``out_dir``, unless it holds this key.
 
@@ -110,7 +111,8 @@ def build_feature_cache(
     ``limit`` of what remains (the paper's high-resolution stages use fewer images). ``identity`` names what
     the hashes cannot see or what is too costly to hash (e.g. ``{"vae": "<known hash>"}``): a
     given ``vae`` / ``text_encoder`` / ``tokenizer`` entry replaces that computed hash, and every
-    entry enters the key, as do the two models' dtypes.
+    entry enters the key, as do the two models' dtypes. ``dense_captions`` (entry path -> caption:
+    the recaption stage's) replaces data_info.json's dense captions, and enters the key.
 
     Shards are written one by one into a work folder named after the key,
     ``<work_dir>/<name>-<key[:12]>`` (``work_dir`` default: ``.partial`` beside ``out_dir``; a DVC
@@ -128,7 +130,8 @@ def build_feature_cache(
     _refuse_outside(dataset_dir)
     components = cache_components(dataset_dir, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                   resolution_px=resolution_px, caption_kind=caption_kind, max_tokens=max_tokens,
-                                  buckets=buckets, quality=quality, limit=limit, identity=identity)
+                                  buckets=buckets, quality=quality, limit=limit, identity=identity,
+                                  dense_captions=dense_captions)
     key = cache_key(components)
     existing = _read_index(out_dir)
     if existing is not None and existing.get("key") == key:
@@ -138,6 +141,8 @@ def build_feature_cache(
         return out_dir
 
     entries = load_dataset(dataset_dir)
+    if dense_captions is not None:
+        entries = [e.model_copy(update={"sharegpt4v": dense_captions[e.path]}) for e in entries]
     batches = _batches(dataset_dir, entries, resolution_px, buckets, caption_kind, quality, limit, batch_size)
     shards = [f"shard-{n:05d}.safetensors" for n in range(len(batches))]
     work_dir = Path(work_dir) if work_dir is not None else out_dir.parent / ".partial"

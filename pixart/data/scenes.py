@@ -24,8 +24,8 @@ POSITIONS = (
 SIZES = ("small", "large")
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "hexagon")
 
-# How the dense caption places an object; the nouns (corner, side) are what a captioner would say.
-_WHERE = {
+# How the dense caption places an object (the audit reads it back); the nouns (corner, side) are what a captioner would say.
+WHERE = {
     "top left": "in the top left corner",
     "top": "at the top",
     "top right": "in the top right corner",
@@ -136,10 +136,11 @@ def dense_caption(scene: Scene) -> str:
     n = len(scene.objects)
     noun = "object" if n == 1 else "objects"
     count = _COUNTS[n] if n < len(_COUNTS) else str(n)
-    parts = [f"a {o.size} {o.color} {o.shape} {_WHERE[o.position]}" for o in scene.objects]
-    listing = parts[0] if n == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    parts = [f"a {o.size} {o.color} {o.shape} {WHERE[o.position]}" for o in scene.objects]
+    # a generated scene has an object; a recaptioner may see none
+    listing = "" if n == 0 else ": " + (parts[0] if n == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
     return (
-        f"An image with {count} {noun} on a plain {scene.background} background: {listing}. "
+        f"An image with {count} {noun} on a plain {scene.background} background{listing}. "
         f"The background color is {scene.background}."
     )
 

@@ -23,7 +23,7 @@ from tqdm.auto import trange
 
 from pixart import atomic
 from pixart.data.format import load_dataset
-from pixart.data.scenes import POSITIONS, Scene
+from pixart.data.scenes import POSITIONS, Scene, SceneObject
 from pixart.eval.images import Images, as_float_nchw, resize
 
 MIN_HELD_OUT_ACCURACY = 0.90
@@ -143,11 +143,12 @@ def _check_square(images: torch.Tensor) -> None:
         raise ValueError(f"images: the judge reads square images only (trained on them), got {h}x{w}")
 
 
-def _load_real_images(dataset_dir: Path, resolution: int) -> tuple[torch.Tensor, list[Scene]]:
-    """The square, scene-annotated images of a dataset, resized to ``resolution``."""
+def _load_real_images(dataset_dir: Path, resolution: int, square_only: bool = True) -> tuple[torch.Tensor, list[Scene]]:
+    """The scene-annotated images of a dataset (the square ones only, unless ``square_only`` is
+    False: then the others squeezed to a square), resized to ``resolution``."""
     images, scenes = [], []
     for entry in load_dataset(dataset_dir):
-        if entry.scene is None or abs(entry.height - entry.width) > 1:
+        if entry.scene is None or (square_only and abs(entry.height - entry.width) > 1):
             continue
         path = Path(dataset_dir) / entry.path
         with Image.open(path) as im:
@@ -156,7 +157,8 @@ def _load_real_images(dataset_dir: Path, resolution: int) -> tuple[torch.Tensor,
         scenes.append(entry.scene)
     if len(images) < 10:
         raise ValueError(
-            f"{dataset_dir}: {len(images)} square images with a 'scene'; the judge needs at least 10"
+            f"{dataset_dir}: {len(images)} {'square ' if square_only else ''}images with a 'scene'; the judge needs "
+            "at least 10"
         )
     return torch.cat(images), scenes
 
@@ -248,6 +250,19 @@ class Judge:
             raise ValueError(f"images ({len(images)}) and scenes ({len(scenes)}) differ in number")
         return _alignment(_read(self.net, self._prepare(images)), _encode(scenes, self.vocab))
 
+    def scenes(self, images: torch.Tensor) -> list[Scene]:
+        """What it reads in each image (float NCHW in [0, 1] at its resolution): per cell an object or
+        none, and the background, as scenes."""
+        reading, scenes = _read(self.net, images), []
+        for i in range(len(images)):
+            objects = []
+            for cell in range(len(POSITIONS)):
+                if reading.occupied[i, cell]:
+                    words = {f: getattr(self.vocab, f)[int(getattr(reading, f)[i, cell])] for f in ATTRIBUTES}
+                    objects.append(SceneObject(position=POSITIONS[cell], **words))
+            scenes.append(Scene(background=self.vocab.background[int(reading.background[i])], objects=tuple(objects)))
+        return scenes
+
     def save(self, path: Path) -> None:
         """Write ``path/judge.safetensors`` and ``path/judge.json`` (vocabulary, width, report) atomically."""
         from safetensors.torch import save_file
@@ -284,10 +299,12 @@ def train_judge(
     lr: float = 3e-3,
     width: int = 32,
     held_out_fraction: float = 0.2,
+    square_only: bool = True,
 ) -> JudgeReport:
-    """Train the judge on a dataset's square real images, measure it on a held-out part, save to ``out``."""
+    """Train the judge on a dataset's square real images (every image with ``square_only`` False: the
+    recaptioner's reader), measure it on a held-out part, save to ``out``."""
     start = time.perf_counter()
-    images, scenes = _load_real_images(Path(dataset_dir), resolution)
+    images, scenes = _load_real_images(Path(dataset_dir), resolution, square_only)
     vocab = _vocabulary(scenes)
     targets = _encode(scenes, vocab)
     g = torch.Generator().manual_seed(seed)

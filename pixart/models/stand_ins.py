@@ -1,7 +1,8 @@
 """Stand-ins for the pretrained parts the xl profile loads: tiny, random, seeded, laid out as users
 download them.
 
-None of the real weights (SD1.5 and SDXL VAEs, T5-XXL, PixArt-alpha, the FID Inception, CLIP ViT-L/14)
+None of the real weights (SD1.5 and SDXL VAEs, T5-XXL, PixArt-alpha, the FID Inception, CLIP ViT-L/14, the
+recaptioning VLM)
 can be fetched where CI runs, yet the xl DAG is only rehearsed if every xl loader runs unchanged. So each
 stand-in keeps the real part's file names, format and structure (down to the key layouts the loaders
 check strictly) and shrinks only its widths; the numbers it produces mean nothing. The same seed gives
@@ -29,6 +30,7 @@ T5 = "t5-v1_1-xxl"
 PIXART_ALPHA = "PixArt-XL-2-256x256.pth"
 INCEPTION = "pt_inception-2015-12-05.pth"
 CLIP = "clip-vit-large-patch14"
+VLM = "llava-1.5-7b-hf"
 
 # The real VAEs' structure (4 blocks: 8x downsampling, 4 latent channels, attention in the mid block)
 # at a width a 2-core CPU encodes 256 px images with in milliseconds.
@@ -284,6 +286,57 @@ def write_clip(out: str | Path, *, seed: int = 0) -> Path:
     return out
 
 
+# a chat template of the LLaVA-1.5 kind: one user turn with the image, then the assistant's
+_VLM_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}{% if c['type'] == 'image' %}"
+    "<image>{{ '\\n' }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}"
+    "ASSISTANT:{% endif %}"
+)
+
+
+def write_vlm(out: str | Path, *, seed: int = 0) -> Path:
+    """A random ``LlavaForConditionalGeneration`` + ``LlavaProcessor`` folder shaped like
+    ``llava-hf/llava-1.5-7b-hf`` (a CLIP vision tower, a Llama decoder, ``<image>`` expanded into the
+    patch tokens by the processor, a chat template), at 56 px and a width of 32. Its captions are
+    random words; what it tests is the path a user's VLM takes."""
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPTokenizer,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    vocab, merges = _clip_vocab()
+    vocab = {**vocab, "<image>": len(vocab), "<pad>": len(vocab) + 1}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=512, pad_token="<pad>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    config = LlavaConfig(
+        vision_config={"model_type": "clip_vision_model", "image_size": 56, "patch_size": 14, "hidden_size": 32,
+                       "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "projection_dim": 16},
+        text_config={"model_type": "llama", "vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+                     "max_position_embeddings": 512, "bos_token_id": vocab["<|startoftext|>"],
+                     "eos_token_id": vocab["<|endoftext|>"], "pad_token_id": vocab["<pad>"]},
+        image_token_index=vocab["<image>"], vision_feature_select_strategy="default", vision_feature_layer=-1,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}),
+        tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
+        chat_template=_VLM_CHAT_TEMPLATE, num_additional_image_tokens=1,
+    )
+    out = Path(out)
+    with atomic.folder(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+    return out
+
+
 def write_stand_ins(
     out_dir: str | Path, *, spec: str = "xl-rehearsal", caption_channels: int | None = None, seed: int = 0
 ) -> dict[str, Path]:
@@ -308,4 +361,5 @@ def write_stand_ins(
         PIXART_ALPHA: write_pixart_alpha(out_dir / PIXART_ALPHA, model_spec, seed=seed + 3),
         INCEPTION: write_inception(out_dir / INCEPTION, seed=seed + 4),
         CLIP: write_clip(out_dir / CLIP, seed=seed + 5),
+        VLM: write_vlm(out_dir / VLM, seed=seed + 6),
     }
