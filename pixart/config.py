@@ -209,6 +209,10 @@ class StageConfig(_Strict):
     warmup_steps: int = Field(0, ge=0)
     caption: Literal["raw", "dense"] = "dense"
     max_tokens: int = Field(300, gt=0)
+    real_prompt_ratio: float = Field(
+        0.0, ge=0, le=1, description="The caption mix of a dense-caption training stage: the chance that a sample "
+        "trains on its raw caption instead (the official configs' real_prompt_ratio; PixArt-Sigma's: 0.5)."
+    )
     vae: str = Field(description="Name of an entry in the profile's 'vaes'.")
     kv_compress_layers: list[int] = Field(default_factory=list, description="Blocks with KV token compression.")
     multi_aspect: bool = Field(False, description="Aspect-ratio buckets instead of square crops.")
@@ -239,6 +243,8 @@ class StageConfig(_Strict):
             raise ValueError("an import stage needs 'pretrained'")
         if self.init_from is not None and self.pretrained is not None:
             raise ValueError("'init_from' (a stage) and 'pretrained' (a file) are exclusive")
+        if self.real_prompt_ratio > 0 and (self.caption != "dense" or self.kind != "train"):
+            raise ValueError("'real_prompt_ratio' mixes raw into dense captions: a 'train' stage with caption 'dense' only")
         return self
 
 

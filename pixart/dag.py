@@ -101,9 +101,12 @@ def _feature_stages(profile: Profile, keys: _Keys, gpus: dict[str, int]) -> dict
     """One stage per feature set, on the params of its first stage that enter its key (an lr change
     re-encodes nothing) and the profile's keys that size its pixels and set the text encoder's dtype."""
     stages = {}
-    for name in feature_sets(profile):
+    for name, readers in feature_sets(profile).items():
         fields = [key for field in FEATURE_FIELDS for key in (*keys("stages", name, field),
                                                               *keys("stage_defaults", field))]
+        # whether the set carries raw captions too: any reader's caption mix
+        fields += [key for r in readers for key in keys("stages", r, "real_prompt_ratio")]
+        fields += keys("stage_defaults", "real_prompt_ratio")
         # a dense-caption set encodes the recaption stage's captions, unless the source is the truth
         recaptioned = profile.recaptioned(profile.stages[name])
         stages[f"features-{name}"] = {

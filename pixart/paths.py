@@ -32,6 +32,12 @@ def feature_set(profile: Profile, stage_name: str) -> str:
     return next(name for name, s in profile.stages.items() if s.kind != "import" and feature_params(s) == params)
 
 
+def carries_raw(profile: Profile, feature_set_name: str) -> bool:
+    """Whether a feature set stores its items' raw captions too: when a stage that reads it mixes them
+    in (``real_prompt_ratio``); the others read the same set and ignore them."""
+    return any(profile.stages[r].real_prompt_ratio > 0 for r in feature_sets(profile)[feature_set_name])
+
+
 def feature_sets(profile: Profile) -> dict[str, list[str]]:
     """Every feature set of a profile, in stage-table order, with the stages that read it."""
     sets: dict[str, list[str]] = {}

@@ -29,7 +29,7 @@ from pixart.models.builders import (
     precision_dtype,
 )
 from pixart.models.pipeline import run_device
-from pixart.paths import feature_sets
+from pixart.paths import carries_raw, feature_sets
 from pixart.train import distributed
 from pixart.train.components import Components
 from stages.common import StageContext, parse
@@ -76,6 +76,7 @@ def main() -> None:
         identity={"text_encoder": folder_hash(encoder_dir), "tokenizer": folder_hash(tokenizer_dir),
                   "vae": folder_hash(components.vae)},
         work_dir=paths.features_work, dense_captions=recaptions(ctx) if profile.recaptioned(stage) else None,
+        raw_too=carries_raw(profile, name),
     )
     if rank == 0:
         save_null_caption(out, *null_caption_embedding(text_encoder, tokenizer, stage.max_tokens))

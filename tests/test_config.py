@@ -40,6 +40,25 @@ def test_xl_holds_the_paper_stage_table():
     assert lcm.lr == pytest.approx(2e-5 * (32 / 256) ** 0.5, rel=1e-3)
     assert (lcm.lcm.num_ddim_timesteps, lcm.lcm.w, lcm.lcm.loss, lcm.lcm.huber_c, lcm.lcm.target_decay) == \
         (50, 4.5, "huber", 0.001, 0.95)
+    # the official configs' caption mix on every dense-caption training stage; raw-caption stages have none
+    assert {n for n, st in s.items() if st.real_prompt_ratio == 0.5} == {
+        "align", "aes-512", "aes-1024", "kv-1024", "aes-2k", "kv-2k", "aes-4k", "kv-4k"}
+    assert xl.recaption.captioner == "vlm" and xl.recaption.caption_source == "recaption"
+
+
+def test_a_caption_mix_on_a_raw_caption_stage_is_refused_by_name(tmp_path):
+    bad = _write(tmp_path, lambda raw: raw["profiles"]["tiny"]["stages"]["base"].update(real_prompt_ratio=0.5))
+    with pytest.raises(ParamsError, match=r"stages\.base.*real_prompt_ratio.*caption 'dense' only"):
+        load_profile("tiny", bad)
+
+
+def test_a_vlm_captioner_needs_a_model_and_a_scene_reader_needs_scenes(tmp_path):
+    bad = _write(tmp_path, lambda raw: raw["profiles"]["tiny"]["recaption"].update(captioner="vlm"))
+    with pytest.raises(ParamsError, match=r"recaption.*needs model_path"):
+        load_profile("tiny", bad)
+    bad = _write(tmp_path, lambda raw: raw["profiles"]["xl"]["recaption"].update(captioner="scene"))
+    with pytest.raises(ParamsError, match=r"recaption.captioner: 'scene' reads generated scenes only"):
+        load_profile("xl", bad)
 
 
 def test_typo_in_a_stage_key_names_the_field_and_file(tmp_path):

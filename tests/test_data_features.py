@@ -225,3 +225,34 @@ def test_folder_hash_reads_a_file_again_only_when_it_changes(tmp_path, monkeypat
     assert hashing.folder_hash(tmp_path / "copy", memo_dir=memo) == changed and len(reads) == 5
     (folder / "extra.txt").write_text("x")
     assert hashing.folder_hash(folder, memo_dir=memo) != changed and len(reads) == 6
+
+
+def test_a_caption_mix_set_carries_the_raw_captions_and_the_recaptions_replace_the_dense(parts, tmp_path):
+    from pixart.diffusion.caption_dropout import mix_captions
+
+    root, vae, text_encoder, tokenizer = parts
+    entries = load_dataset(root / "data")
+    kwargs = {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "resolution_px": 16,
+              "caption_kind": "dense", "max_tokens": 120, "batch_size": 5}
+    plain = FeatureCache(build_feature_cache(root / "data", tmp_path / "plain", **kwargs))
+    mixed = FeatureCache(build_feature_cache(root / "data", tmp_path / "mixed", raw_too=True, **kwargs))
+    assert not plain.has_raw and mixed.has_raw and mixed.key != plain.key
+    batch = FeatureCache.collate([mixed[i] for i in range(4)])
+    raw, raw_mask = encode_captions(text_encoder, tokenizer, [entries[int(i)].prompt for i in batch["index"]], 120)
+    longest = int(raw_mask.sum(1).max())
+    torch.testing.assert_close(batch["raw_text"] * batch["raw_mask"][..., None],
+                               raw[:, :longest] * raw_mask[:, :longest, None])
+    text, mask = mix_captions(batch["text"], batch["mask"], batch["raw_text"], batch["raw_mask"],
+                              torch.tensor([True, False, True, False]))
+    for b, use_raw in enumerate((True, False, True, False)):
+        own, own_mask = (batch["raw_text"], batch["raw_mask"]) if use_raw else (batch["text"], batch["mask"])
+        n = int(own_mask[b].sum())
+        assert int(mask[b].sum()) == n and torch.equal(text[b, :n], own[b, :n])
+
+    # the recaption stage's captions replace data_info.json's dense ones, and enter the key
+    recaptions = {e.path: f"a recaption number {i}" for i, e in enumerate(entries)}
+    recaptioned = FeatureCache(build_feature_cache(root / "data", tmp_path / "re", dense_captions=recaptions, **kwargs))
+    assert recaptioned.key != plain.key
+    item = recaptioned[0]
+    expect, expect_mask = encode_captions(text_encoder, tokenizer, [recaptions[entries[item["index"]].path]], 120)
+    torch.testing.assert_close(item["text"], expect[0, : int(expect_mask.sum())])

@@ -61,6 +61,7 @@ def cache_components(
     limit: int | None,
     identity: dict[str, str] | None,
     dense_captions: Mapping[str, str] | None = None,
+    raw_too: bool = False,
 ) -> dict[str, Any]:
     """Everything a cache's bytes depend on (``build_feature_cache``'s arguments, hashed): a given
     ``vae`` / ``text_encoder`` / ``tokenizer`` entry of ``identity`` replaces that computed hash, and
@@ -84,6 +85,7 @@ def cache_components(
         # recaptions replace the dataset's dense captions: their text is part of what is encoded
         **({} if dense_captions is None else {"dense_captions": hashlib.sha256(
             json.dumps(dict(dense_captions), sort_keys=True).encode()).hexdigest()}),
+        **({"raw_too": True} if raw_too else {}),
     }
 
 

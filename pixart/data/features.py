@@ -103,6 +103,7 @@ def build_feature_cache(
     identity: dict[str, str] | None = None,
     work_dir: Path | None = None,
     dense_captions: Mapping[str, str] | None = None,
+    raw_too: bool = False,
 ) -> Path:
     """Encode a dataset's images (VAE) and captions (T5) into ``out_dir``, unless it holds this key.
 
@@ -112,7 +113,8 @@ def build_feature_cache(
     the hashes cannot see or what is too costly to hash (e.g. ``{"vae": "<known hash>"}``): a
     given ``vae`` / ``text_encoder`` / ``tokenizer`` entry replaces that computed hash, and every
     entry enters the key, as do the two models' dtypes. ``dense_captions`` (entry path -> caption:
-    the recaption stage's) replaces data_info.json's dense captions, and enters the key.
+    the recaption stage's) replaces data_info.json's dense captions, and enters the key. ``raw_too``
+    also stores each item's raw caption features (``raw_text``, ``raw_mask``), for a caption mix.
 
     Shards are written one by one into a work folder named after the key,
     ``<work_dir>/<name>-<key[:12]>`` (``work_dir`` default: ``.partial`` beside ``out_dir``; a DVC
@@ -131,7 +133,7 @@ def build_feature_cache(
     components = cache_components(dataset_dir, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                   resolution_px=resolution_px, caption_kind=caption_kind, max_tokens=max_tokens,
                                   buckets=buckets, quality=quality, limit=limit, identity=identity,
-                                  dense_captions=dense_captions)
+                                  dense_captions=dense_captions, raw_too=raw_too)
     key = cache_key(components)
     existing = _read_index(out_dir)
     if existing is not None and existing.get("key") == key:
@@ -158,7 +160,8 @@ def build_feature_cache(
             (_, height, width), batch = batches[n]
             pixels = torch.stack([load_pixels(dataset_dir / entries[i].path, height, width) for i in batch])
             captions = [entries[i].caption(caption_kind) for i in batch]
-            tensors, metadata = _encode_shard(vae, text_encoder, tokenizer, pixels, captions, max_tokens)
+            raw = [entries[i].prompt for i in batch] if raw_too else None
+            tensors, metadata = _encode_shard(vae, text_encoder, tokenizer, pixels, captions, max_tokens, raw)
             _write_shard(partial / shards[n], tensors, metadata)
     _barrier()
     if rank == 0:
@@ -194,20 +197,21 @@ def _batches(dataset_dir: Path, entries: Sequence[Entry], resolution_px: int, bu
 
 
 def _encode_shard(vae: torch.nn.Module, text_encoder: torch.nn.Module, tokenizer: Any, pixels: torch.Tensor,
-                 captions: Sequence[str], max_tokens: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+                 captions: Sequence[str], max_tokens: int,
+                 raw_captions: Sequence[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """One shard's tensors, fp32 on the CPU whatever the models' device and dtype, and its metadata:
-    the per-channel range of its latents' means, which the index merges."""
+    the per-channel range of its latents' means, which the index merges. ``raw_captions`` adds their
+    features as ``raw_text`` / ``raw_mask``."""
     from pixart.models.builders import encode_captions
 
     dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-    text, mask = encode_captions(text_encoder, tokenizer, captions, max_tokens, pad_to_max=False)
     mean = dist.mean.float().cpu().contiguous()
-    tensors = {
-        "latent_mean": mean,
-        "latent_std": dist.std.float().cpu().contiguous(),
-        "text": text.float().cpu().contiguous(),
-        "mask": mask.to(torch.int8).cpu().contiguous(),
-    }
+    tensors = {"latent_mean": mean, "latent_std": dist.std.float().cpu().contiguous()}
+    for prefix, texts in (("", captions), ("raw_", raw_captions)):
+        if texts is not None:
+            text, mask = encode_captions(text_encoder, tokenizer, texts, max_tokens, pad_to_max=False)
+            tensors |= {f"{prefix}text": text.float().cpu().contiguous(),
+                        f"{prefix}mask": mask.to(torch.int8).cpu().contiguous()}
     latent_range = {"low": mean.amin(dim=(0, 2, 3)).tolist(), "high": mean.amax(dim=(0, 2, 3)).tolist()}
     # one key: safetensors writes a metadata map in a random order, and shards must be reproducible
     return tensors, {"latent_range": json.dumps(latent_range, sort_keys=True)}
@@ -331,6 +335,7 @@ class FeatureCache(torch.utils.data.Dataset):
         length = int(mask.sum())
         text = shard.get_slice("text")[row:row + 1][0, :length]
         out = {
+            **(self._raw(shard, row) if self.has_raw else {}),
             "latent_mean": shard.get_slice("latent_mean")[row:row + 1][0],
             "latent_std": shard.get_slice("latent_std")[row:row + 1][0],
             "text": text,
@@ -344,15 +349,32 @@ class FeatureCache(torch.utils.data.Dataset):
             out["text"], out["mask"] = out["text"][0], out["mask"][0]
         return out
 
+    @property
+    def has_raw(self) -> bool:
+        """Whether its items carry their raw captions' features too (a caption-mix set)."""
+        return bool(self.components.get("raw_too"))
+
+    @staticmethod
+    def _raw(shard: Any, row: int) -> dict[str, torch.Tensor]:
+        length = int(shard.get_slice("raw_mask")[row:row + 1][0].long().sum())
+        return {"raw_text": shard.get_slice("raw_text")[row:row + 1][0, :length],
+                "raw_mask": torch.ones(length, dtype=torch.long)}
+
     @staticmethod
     def collate(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Stack a single-size batch; text and mask padded to the batch's longest caption."""
+        """Stack a single-size batch; text and mask (and raw_text and raw_mask, when present) padded to
+        the batch's longest caption."""
         sizes = {(it["height"], it["width"]) for it in items}
         if len(sizes) != 1:
             raise ValueError(f"collate: a batch must share one size (use AspectRatioBatchSampler), got {sorted(sizes)}")
         texts = [it["text"][: int(it["mask"].sum())] for it in items]
         text, mask = _pad(texts, max(t.shape[0] for t in texts))
+        raw = {}
+        if "raw_text" in items[0]:
+            raws = [it["raw_text"] for it in items]
+            raw = dict(zip(("raw_text", "raw_mask"), _pad(raws, max(t.shape[0] for t in raws)), strict=True))
         return {
+            **raw,
             "latent_mean": torch.stack([it["latent_mean"] for it in items]),
             "latent_std": torch.stack([it["latent_std"] for it in items]),
             "text": text,

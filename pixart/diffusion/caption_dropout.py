@@ -1,4 +1,6 @@
-"""Caption dropout for classifier-free guidance: a fraction p of captions becomes the null caption."""
+"""Caption dropout for classifier-free guidance: a fraction p of captions becomes the null caption; and
+the caption mix of the official configs (``real_prompt_ratio``): a fraction of dense captions becomes
+the sample's raw one."""
 
 from __future__ import annotations
 
@@ -34,3 +36,18 @@ def drop_captions(
     features = torch.where(drop[:, None, None], null_features.to(features), features)
     mask = torch.where(drop[:, None], null_mask.to(mask), mask)
     return features, mask
+
+
+def mix_captions(dense: torch.Tensor, dense_mask: torch.Tensor, raw: torch.Tensor, raw_mask: torch.Tensor,
+                 use_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the raw caption ((B, L_raw, C), (B, L_raw)) where ``use_raw`` (B,) is True, else the
+    dense one ((B, L, C), (B, L)); both are zero-padded to the longer length first (padding is masked)."""
+    length = max(dense.shape[1], raw.shape[1])
+
+    def padded(text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pad = length - text.shape[1]
+        return torch.nn.functional.pad(text, (0, 0, 0, pad)), torch.nn.functional.pad(mask, (0, pad))
+
+    (dense, dense_mask), (raw, raw_mask) = padded(dense, dense_mask), padded(raw, raw_mask)
+    use_raw = use_raw.to(device=dense.device, dtype=torch.bool)
+    return torch.where(use_raw[:, None, None], raw, dense), torch.where(use_raw[:, None], raw_mask, dense_mask)

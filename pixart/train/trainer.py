@@ -18,7 +18,7 @@ from pixart import tracking
 from pixart.data.buckets import AspectRatioBatchSampler
 from pixart.data.features import FeatureCache
 from pixart.data.null_caption import load_null_caption
-from pixart.diffusion.caption_dropout import drop_captions, dropout_draws
+from pixart.diffusion.caption_dropout import drop_captions, dropout_draws, mix_captions
 from pixart.diffusion.losses import q_sample, training_losses
 from pixart.diffusion.schedule import NUM_TRAIN_TIMESTEPS
 from pixart.train.checkpoint import ResumableState
@@ -31,8 +31,10 @@ from pixart.train.weak_input import load_transformer
 
 
 def _draws(seed: int, step: int, micro_step: int, global_n: int, latent_shape: torch.Size, p_drop: float,
-           rank: int, world: int) -> dict[str, torch.Tensor]:
-    """The randomness of one global micro-batch: posterior sample, noise, timesteps, caption dropout."""
+           rank: int, world: int, p_raw: float = 0.0) -> dict[str, torch.Tensor]:
+    """The randomness of one global micro-batch: posterior sample, noise, timesteps, caption dropout,
+    and which samples train on their raw caption (the caption mix; drawn last, so that a stage
+    without one draws as before)."""
     g = keyed_generator(seed, step, micro_step)
     shape = (global_n, *latent_shape)
     draws = {
@@ -40,6 +42,7 @@ def _draws(seed: int, step: int, micro_step: int, global_n: int, latent_shape: t
         "noise": torch.randn(shape, generator=g),
         "t": torch.randint(0, NUM_TRAIN_TIMESTEPS, (global_n,), generator=g),
         "drop": dropout_draws(global_n, p_drop, g),
+        "raw": dropout_draws(global_n, p_raw, g),
     }
     return rank_slice(draws, rank, world)
 
@@ -78,17 +81,22 @@ class StageTrainer(Trainer):
                                                drop_last=True)
         self.batches = _endless(self.sampler)
         self.null_caption = load_null_caption(self.job.features)
+        if self.job.stage.real_prompt_ratio > 0 and not self.cache.has_raw:
+            raise RuntimeError(f"{self.job.features}: no raw captions for real_prompt_ratio "
+                               f"{self.job.stage.real_prompt_ratio}; rebuild the feature set (dvc repro)")
 
     def micro_step(self, step: int, micro_step: int) -> dict[str, torch.Tensor]:
         device, engine = self.device, self.engine
         indices = next(self.batches)
         batch = self.cache.collate([self.cache[i] for i in indices[self.rank::self.world]])
         draws = _draws(self.train.seed, step, micro_step, len(indices), batch["latent_mean"].shape[1:],
-                       self.train.caption_dropout, self.rank, self.world)
+                       self.train.caption_dropout, self.rank, self.world, self.job.stage.real_prompt_ratio)
         x0 = (batch["latent_mean"] + batch["latent_std"] * draws["latent"]) * self.scaling
         noise, t = draws["noise"], draws["t"]
-        text, mask = drop_captions(batch["text"], batch["mask"], *_pad_to(*self.null_caption, batch["mask"]),
-                                   draws["drop"])
+        text, mask = batch["text"], batch["mask"]
+        if self.job.stage.real_prompt_ratio > 0:
+            text, mask = mix_captions(text, mask, batch["raw_text"], batch["raw_mask"], draws["raw"])
+        text, mask = drop_captions(text, mask, *_pad_to(*self.null_caption, mask), draws["drop"])
         out = denoiser_output(engine, q_sample(x0, noise, t).to(device), t.to(device), text.to(device),
                               mask.to(device))
         losses = {k: v.mean() for k, v in training_losses(
