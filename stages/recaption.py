@@ -20,7 +20,7 @@ from PIL import Image
 from pixart import atomic, tracking
 from pixart.captions.audit import audit
 from pixart.captions.panels import panels_markdown
-from pixart.captions.recaption import captions_of, recaption_dataset
+from pixart.captions.recaption import captions_of, dense_captions, recaption_dataset
 from pixart.captions.scene_reader import SceneCaptioner
 from pixart.captions.store import CaptionStore
 from pixart.captions.vlm import VLMCaptioner
@@ -92,7 +92,8 @@ def main() -> None:
     stored = store.read()
     captions = {split: captions_of(folder, stored) for split, folder in splits.items()}
     entries = load_dataset(paths.heldout_data)
-    sources = {"raw": [e.prompt for e in entries], "recaption": list(captions["heldout"].values()),
+    recaptions = dense_captions(paths.heldout_data, captions["heldout"])  # per entry: an image may repeat
+    sources = {"raw": [e.prompt for e in entries], "recaption": [recaptions[e.path] for e in entries],
                "truth": [e.sharegpt4v for e in entries]}
     scenes = [e.scene for e in entries]
     spec = profile.data.generator if profile.data.source == "generated" else None

@@ -113,6 +113,8 @@ def test_deployment_run_completes_with_artifacts_and_mlflow_aliases(prefect_env,
     for name in TRAINED:
         assert "data:image/png;base64," in artifacts[f"samples-{name}"]
         assert f"| {name} | `runs:/" in artifacts["mlflow-smoke"]
+    # the recaption stage's panels: each held-out image beside its three captions
+    assert "| image | raw | recaption | truth |" in artifacts["recaption-smoke"]
 
     registry = _client_call(env, (
         "import json\n"

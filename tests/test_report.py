@@ -89,6 +89,12 @@ def project(tmp_path, up_to_date) -> Path:
     results = _pixeval_results(stages)
     by_steps = {n: {**results["lcm"], "seconds_per_image": 0.002 * n, "fid": 250.0 - n} for n in (1, 2, 4)}
     atomic.write_json(metrics / "table4.json", {"tables": [table4(profile, "lcm", results, by_steps, 20)]})
+    audit = {source: {"hallucination": h, "recall": r, "exact": e, "avg_caption_words": w, "avg_nouns_per_image": n,
+                      "valid_distinct_nouns": 9, "distinct_nouns": 12}
+             for source, h, r, e, w, n in (("raw", 0.061, 0.72, 0.0, 4.3, 1.9), ("recaption", 0.012, 0.985, 0.93, 27.1, 5.2),
+                                           ("truth", 0.0, 1.0, 1.0, 27.4, 5.3))}
+    atomic.write_json(metrics / "recaption.json", {"sources": audit, "captioned": {"train": 10, "heldout": 4}})
+    atomic.write_text(metrics / "recaption" / "panels.md", "# panels\n")
     for stage, colour in zip(stages, COLOURS, strict=True):
         pixels = profile.pixels(profile.stages[stage]) // 8
         save_grid(np.full((16, pixels, pixels, 3), colour, np.uint8), metrics / "pixeval" / f"{stage}.png")
@@ -328,3 +334,15 @@ def test_table4_lists_dmd_lcm_steps_and_the_teacher_with_their_speed_ups(project
     assert rows[1][3] == "249.00" and rows[-1][-2] == "1.0×"
     assert float(rows[1][-2].rstrip("×")) == pytest.approx(teacher_seconds / 0.002, rel=0.05)
     assert "The paper's Table 4" in body and "108.66" in body
+
+
+def test_the_recaption_audit_shows_each_source_and_links_its_panels(project):
+    page = report.render_page(report.load(project))
+    body = page.split("## Recaption audit", 1)[1].split("## ", 1)[0]
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in body.splitlines()
+            if line.startswith(("| raw", "| recaption", "| truth"))}
+    assert list(rows) == ["raw", "recaption", "truth"]
+    assert rows["recaption"][1:4] == ["0.012", "0.985", "0.930"] and rows["raw"][1] == "0.061"
+    assert "Dense-caption stages train on: recaption." in body
+    assert "(results/metrics/recaption/panels.md)" in body
+    report.check(project)  # the page links a file that is there
