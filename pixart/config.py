@@ -327,7 +327,8 @@ class Profile(_Strict):
             seen.append(name)
         if self.recaption is not None and self.recaption.captioner == "scene" and self.data.source != "generated":
             raise ValueError("recaption.captioner: 'scene' reads generated scenes only (data.source is "
-                             f"'{self.data.source}'); use 'vlm' with a model_path")
+                             f"'{self.data.source}'); set 'recaption: null' to train on your data's dense captions, "
+                             "or captioner 'vlm' with a model_path")
         unused = sorted(set(self.vaes) - {s.vae for s in self.stages.values()})
         if unused:
             # a VAE no stage encodes with has no size to be trained or checked at

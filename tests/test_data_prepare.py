@@ -46,13 +46,14 @@ def _folder(src: Path, n: int, *, dense: bool = True, first: int = 0) -> Path:
 
 
 def _project(tmp_path: Path, data: dict) -> Path:
-    """A project root whose params.yaml has a profile 'mine' = tiny with ``data`` replaced, and a
+    """A project root whose params.yaml has a profile 'mine' = tiny with ``data`` replaced (and no scene
+    reader: it reads generated scenes only), and a
     copy of the code, so that ``python -m stages.prepare_data`` there reads that params.yaml."""
     root = tmp_path / "project"
     for package in ("pixart", "stages"):
         shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     raw = yaml.safe_load(PARAMS_FILE.read_text())
-    raw["profiles"]["mine"] = {"extends": "tiny", "data": {"generator": None, **data}}
+    raw["profiles"]["mine"] = {"extends": "tiny", "data": {"generator": None, **data}, "recaption": None}
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return root
 
@@ -247,7 +248,7 @@ def test_dense_txt_is_a_dense_caption_never_the_caption_of_an_image_named_x_dens
 def test_data_config_rejects_contradictions_by_field(tmp_path):
     def load(data: dict):
         raw = yaml.safe_load(PARAMS_FILE.read_text())
-        raw["profiles"]["mine"] = {"extends": "tiny", "data": data}
+        raw["profiles"]["mine"] = {"extends": "tiny", "data": data, "recaption": None}
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         return load_profile("mine", tmp_path / "params.yaml")[1].data
 
