@@ -44,7 +44,10 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def _smoke_world(root: Path) -> None:
     """What the stages before the `features-<set>` ones leave for the smoke profile (debug spec): the training set,
-    the text encoder (a random debug T5 and its trained tokenizer) and the two VAEs."""
+    the text encoder (a random debug T5 and its trained tokenizer), the two VAEs and the recaptions (here the
+    generator's dense captions, keyed as the recaption stage keys them)."""
+    from pixart import atomic
+    from pixart.captions.recaption import image_hashes
     from pixart.config import load_profile
     from pixart.data.format import load_dataset
     from pixart.data.generate import generate_dataset
@@ -62,6 +65,9 @@ def _smoke_world(root: Path) -> None:
     encoder.save_pretrained(root / "outputs/text-encoder/text_encoder", safe_serialization=True)
     for name in profile.vaes:
         build_vae(TINY_VAE_CONFIGS[name]).save_pretrained(root / f"outputs/vae-{name}")
+    hashes = image_hashes(root / "data/train")
+    atomic.write_json(root / "outputs/recaption/train.json",
+                      {"captions": {hashes[e.path]: e.sharegpt4v for e in entries}})
 
 
 # a square set of raw captions and a set of aspect-ratio buckets, high quality only, of fewer images
