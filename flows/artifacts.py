@@ -95,6 +95,15 @@ def samples_markdown(stage: str, grid: Path) -> str | None:
     return f"# {stage}: samples\n\n![{stage} samples](data:image/png;base64,{data})"
 
 
+def ablations_markdown(rows: Mapping[str, object]) -> str:
+    """metrics/ablations.json as the table `pixart ablations` prints."""
+    from pixart.eval.ablations import table
+
+    headers, cells = table(rows)
+    lines = [f"| {' | '.join(headers)} |", f"|{'---|' * len(headers)}", *(f"| {' | '.join(c)} |" for c in cells)]
+    return "\n".join(["# Ablations", "", *lines])
+
+
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
     return "-".join(parts).lower().replace("_", "-").replace(".", "-")
@@ -102,7 +111,8 @@ def artifact_key(*parts: str) -> str:
 
 def publish(profile: str, stages: Sequence[str], outcomes: Mapping[str, str], paths: CurriculumPaths) -> None:
     """Create the run's artifacts: ``pixeval-<profile>`` (table), ``mlflow-<profile>`` (links),
-    ``recaption-<profile>`` (the caption panels, when the recaption stage wrote them) and
+    ``recaption-<profile>`` (the caption panels, when the recaption stage wrote them), ``ablations-<profile>``
+    (the claims' table, when the ablations stage ran) and
     ``samples-<stage>`` (one per stage with a grid)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -118,6 +128,11 @@ def publish(profile: str, stages: Sequence[str], outcomes: Mapping[str, str], pa
                        settings.registered_model),
         key=artifact_key("mlflow", profile), description="MLflow runs and registered versions",
     )
+    ablations = paths.metrics / "ablations.json"
+    if ablations.is_file():
+        create_markdown_artifact(ablations_markdown(json.loads(ablations.read_text())),
+                                 key=artifact_key("ablations", profile),
+                                 description="The paper's claims as paired ablations (pixart ablations)")
     panels = paths.metrics / "recaption" / "panels.md"
     if panels.is_file() and panels.stat().st_size <= MAX_INLINE_BYTES:
         create_markdown_artifact(panels.read_text(), key=artifact_key("recaption", profile),

@@ -106,7 +106,7 @@ def curriculum(
     try:
         with tracking.curriculum_run(profile_name, run_params) as parent_run_id:
             for name in plan.stages:
-                config = params.stages.get(name)
+                config = params.trained().get(name)
                 timeout_min = config.timeout_min if config else data_timeout_min
                 logger.info("%s: timeout %s", name, f"{timeout_min} min (params.yaml timeout_min)" if timeout_min
                             else "none (params.yaml timeout_min unset: the stage runs until it ends)")

@@ -215,6 +215,9 @@ class StageConfig(_Strict):
     )
     vae: str = Field(description="Name of an entry in the profile's 'vaes'.")
     kv_compress_layers: list[int] = Field(default_factory=list, description="Blocks with KV token compression.")
+    pe_interpolation: float | None = Field(
+        None, gt=0, description="Scale of the positional embedding's interpolation; null = the paper's: the "
+        "nominal resolution / 512. A fixed value is the PE-interpolation ablation (1: positions extrapolate).")
     multi_aspect: bool = Field(False, description="Aspect-ratio buckets instead of square crops.")
     quality: Literal["all", "high"] = Field("all", description="'high' trains on the aesthetic tier only.")
     num_gpus: int = Field(1, ge=1, description="Processes (GPUs) that train the stage; >1 starts a launcher.")
@@ -296,6 +299,66 @@ class RecaptionConfig(_Strict):
         return self
 
 
+Claim = Literal["better", "no-worse"]
+
+
+class AblationConfig(_Strict):
+    """One of the paper's claims as a paired comparison: a curriculum stage against the same stage with
+    ``changes``, both trained from the stage's weak input and PixEval'd on the same prompts and seeds.
+
+    Its arms are DAG stages of their own: ``<name>`` (the ablated arm) and, when ``steps`` shrinks the
+    comparison, ``<name>-control`` (the stage itself at those steps); otherwise the stage is the control.
+    """
+
+    claim: str = Field(min_length=1, description="What the paper says the stage earns over its ablation.")
+    stage: str = Field(description="The curriculum stage it ablates (a 'train' stage).")
+    changes: dict[str, Any] = Field(min_length=1, description="StageConfig fields the ablated arm sets otherwise.")
+    steps: int | None = Field(None, gt=0, description="Both arms' steps when fewer than the stage's (cost); "
+                              "null = the stage's own, and the stage is the control.")
+    metric: Literal["fid", "alignment"] = Field(description="The PixEval metric the claim is about.")
+    expect: Claim = Field(
+        "better", description="better: the stage beats its ablation; no-worse: it loses at most 'margin' of "
+        "the ablation's metric (a claim that a step costs little).")
+    margin: float = Field(0.0, ge=0, lt=1, description="no-worse: the loss allowed, as a share of the ablation's value.")
+
+    @field_validator("changes")
+    @classmethod
+    def _changes_are_fields(cls, changes: dict[str, Any]) -> dict[str, Any]:
+        fixed = {"init_from": "both arms start from the stage's weak input", "steps": "set 'steps' instead",
+                 "kind": "an arm trains as its stage does"}
+        for key in changes:
+            if key in fixed:
+                raise ValueError(f"{key}: not ablatable ({fixed[key]})")
+            if key not in StageConfig.model_fields:
+                raise ValueError(f"{key}: not a stage field (have {', '.join(StageConfig.model_fields)})")
+        return changes
+
+    @model_validator(mode="after")
+    def _margin_is_for_no_worse(self) -> AblationConfig:
+        if self.margin and self.expect != "no-worse":
+            raise ValueError("margin: only for expect 'no-worse'")
+        return self
+
+    @property
+    def controlled(self) -> bool:
+        """Whether the comparison trains a control arm (``steps`` set) instead of reading the stage."""
+        return self.steps is not None
+
+
+def ablation_arms(name: str, ablation: AblationConfig, stage: StageConfig) -> dict[str, StageConfig]:
+    """The stages an ablation trains: ``<name>-control`` (when it shrinks the steps) and ``<name>``."""
+    base = stage.model_dump(exclude_unset=False)
+    steps = {"steps": ablation.steps} if ablation.controlled else {}
+    arms = {}
+    if ablation.controlled:
+        arms[f"{name}-control"] = StageConfig.model_validate(
+            {**base, **steps, "description": f"control of ablation {name}: {ablation.stage} at {ablation.steps} steps"})
+    changed = ", ".join(f"{k} {v}" for k, v in ablation.changes.items())
+    arms[name] = StageConfig.model_validate(
+        {**base, **steps, **ablation.changes, "description": f"ablation of {ablation.stage}: {changed}"})
+    return arms
+
+
 class Profile(_Strict):
     description: str = ""
     model: str = Field(description="Model spec: xl, tiny or debug.")
@@ -315,6 +378,10 @@ class Profile(_Strict):
     recaption: RecaptionConfig | None = Field(
         None, description="The recaption stage; null: dense-caption stages train on the dataset's own dense captions."
     )
+    ablations: dict[str, AblationConfig | None] = Field(
+        default_factory=dict, description="The paper's claims as paired comparisons (``AblationConfig``); an "
+        "entry set to null in a profile that extends another drops it.",
+    )
 
     @model_validator(mode="after")
     def _curriculum_is_a_chain(self) -> Profile:
@@ -329,6 +396,7 @@ class Profile(_Strict):
             raise ValueError("recaption.captioner: 'scene' reads generated scenes only (data.source is "
                              f"'{self.data.source}'); set 'recaption: null' to train on your data's dense captions, "
                              "or captioner 'vlm' with a model_path")
+        self._check_ablations()
         unused = sorted(set(self.vaes) - {s.vae for s in self.stages.values()})
         if unused:
             # a VAE no stage encodes with has no size to be trained or checked at
@@ -342,6 +410,39 @@ class Profile(_Strict):
                     f"({top} px); stages must never train on upsampled pixels"
                 )
         return self
+
+    def _check_ablations(self) -> None:
+        arms: set[str] = set()
+        for name, ablation in self.claims().items():
+            stage = self.stages.get(ablation.stage)
+            if stage is None or stage.kind != "train":
+                raise ValueError(f"ablations.{name}.stage: '{ablation.stage}' is not a 'train' stage of the table")
+            try:
+                new = ablation_arms(name, ablation, stage)
+            except ValidationError as exc:
+                raise ValueError(f"ablations.{name}.changes: {exc.errors()[0]['msg']}") from None
+            same = [k for k in ablation.changes if getattr(stage, k) == getattr(new[name], k)]
+            if same:
+                raise ValueError(f"ablations.{name}.changes: {same} equal the stage's own: nothing is ablated")
+            if new[name].vae not in self.vaes:
+                raise ValueError(f"ablations.{name}.changes.vae: '{new[name].vae}' is not one of vaes {sorted(self.vaes)}")
+            clash = sorted(set(new) & (set(self.stages) | arms | {f"vae-{v}" for v in self.vaes}))
+            if clash:
+                raise ValueError(f"ablations.{name}: arm names {clash} are taken (a stage, a VAE or another arm)")
+            arms |= set(new)
+
+    def claims(self) -> dict[str, AblationConfig]:
+        """The profile's ablations, without the ones an extending profile dropped (null)."""
+        return {name: a for name, a in self.ablations.items() if a is not None}
+
+    def arms(self) -> dict[str, StageConfig]:
+        """Every ablation's arms, in params order (``ablation_arms``)."""
+        return {arm: cfg for name, a in self.claims().items()
+                for arm, cfg in ablation_arms(name, a, self.stages[a.stage]).items()}
+
+    def trained(self) -> dict[str, StageConfig]:
+        """Every stage the DAG trains or imports: the stage table's rows, then the ablation arms."""
+        return {**self.stages, **self.arms()}
 
     def recaptioned(self, stage: StageConfig) -> bool:
         """Whether ``stage`` trains on the recaption stage's captions: a dense-caption stage, with

@@ -26,7 +26,15 @@ from typing import Any
 import yaml
 
 from pixart import atomic
-from pixart.config import PARAMS_FILE, ParamsError, Profile, extends_chain, load_profile, read_raw
+from pixart.config import (
+    PARAMS_FILE,
+    ParamsError,
+    Profile,
+    ablation_arms,
+    extends_chain,
+    load_profile,
+    read_raw,
+)
 from pixart.eval.few_step import lcm_stages
 from pixart.paths import FEATURE_FIELDS, REFERENCE_METRICS, feature_set, feature_sets
 from pixart.rendered import require_rendering
@@ -39,7 +47,7 @@ HEADER = (
 # The recorded reference run (`pixart report --record`, git-tracked): `dvc metrics show` lists it beside
 # the stages' own metrics on any checkout, and `dvc metrics diff` compares a newly recorded run with it.
 _REFERENCE_METRICS = ("pixeval.json", "pixeval_trend.json", "table4.json", "stage_times.json", "caption_stats.json",
-                      "vaes.json", "recaption.json")
+                      "vaes.json", "recaption.json", "ablations.json")
 REFERENCE = {
     "metrics": [f"{REFERENCE_METRICS}/{name}" for name in _REFERENCE_METRICS],
     "plots": [{f"{REFERENCE_METRICS}/pixeval_plot.csv": {"x": "stage"}},
@@ -89,7 +97,8 @@ def sharded_gpus(profile: Profile) -> dict[str, int]:
     """The processes of the DVC stages that are not rows of the stage table but shard over ranks
     (``pixart launch``): a feature set on as many as the widest stage that reads it trains on, a DMD
     stage's teacher pairs on the stage's own. A stage's pod gets as many GPUs."""
-    gpus = {f"features-{name}": max(profile.stages[r].num_gpus for r in readers)
+    trained = profile.trained()
+    gpus = {f"features-{name}": max(trained[r].num_gpus for r in readers)
             for name, readers in feature_sets(profile).items()}
     gpus.update({f"{name}-pairs": s.num_gpus for name, s in profile.stages.items() if s.kind == "dmd"})
     if profile.recaption is not None:
@@ -97,28 +106,39 @@ def sharded_gpus(profile: Profile) -> dict[str, int]:
     return gpus
 
 
+def _stage_keys(profile: Profile, keys: _Keys, name: str, *field: str) -> list[str]:
+    """The params keys that set ``field`` (all fields: none given) of a stage or an ablation arm: an arm
+    is its stage's row, its ablation's entry over it."""
+    arm_of = {arm: ablation for ablation, a in profile.claims().items()
+              for arm in ablation_arms(ablation, a, profile.stages[a.stage])}
+    if name not in arm_of:
+        return [*keys("stages", name, *field), *keys("stage_defaults", *field)]
+    ablation = arm_of[name]
+    row = [*keys("stages", profile.claims()[ablation].stage, *field), *keys("stage_defaults", *field)]
+    return [*row, *keys("ablations", ablation, *(("changes", *field) if field else ()))]
+
+
 def _feature_stages(profile: Profile, keys: _Keys, gpus: dict[str, int]) -> dict[str, Any]:
     """One stage per feature set, on the params of its first stage that enter its key (an lr change
     re-encodes nothing) and the profile's keys that size its pixels and set the text encoder's dtype."""
-    stages = {}
+    stages, trained = {}, profile.trained()
     for name, readers in feature_sets(profile).items():
-        fields = [key for field in FEATURE_FIELDS for key in (*keys("stages", name, field),
-                                                              *keys("stage_defaults", field))]
+        fields = [key for field in FEATURE_FIELDS for key in _stage_keys(profile, keys, name, field)]
         # whether the set carries raw captions too: any reader's caption mix
-        fields += [key for r in readers for key in keys("stages", r, "real_prompt_ratio")]
-        fields += keys("stage_defaults", "real_prompt_ratio")
+        fields += [key for r in readers for key in _stage_keys(profile, keys, r, "real_prompt_ratio")]
+        fields = list(dict.fromkeys(fields))
         # a dense-caption set encodes the recaption stage's captions, unless the source is the truth
-        recaptioned = profile.recaptioned(profile.stages[name])
+        recaptioned = profile.recaptioned(trained[name])
         stages[f"features-{name}"] = {
             "cmd": _launched(f"stages.features {name}", gpus[f"features-{name}"]),
             "deps": ["stages/features.py", "pixart/data/features.py", "pixart/data/feature_identity.py",
                      "pixart/data/buckets.py", "pixart/data/null_caption.py", "pixart/models/builders.py",
                      "pixart/hashing.py", "data/train",
-                     "outputs/text-encoder", f"outputs/vae-{profile.stages[name].vae}",
+                     "outputs/text-encoder", f"outputs/vae-{trained[name].vae}",
                      *(["pixart/captions/recaption.py", "outputs/recaption"] if recaptioned else [])],
             "params": ["profile", *fields, *keys("pixel_scale"), *keys("bucket_quantum_px"),
                        *keys("train", "precision"),
-                       *(keys("recaption", "caption_source") if profile.stages[name].caption == "dense" else [])],
+                       *(keys("recaption", "caption_source") if trained[name].caption == "dense" else [])],
             "outs": [f"features/{name}"],
         }
     return stages
@@ -174,8 +194,8 @@ def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
     if profile.recaption is not None:
         stages["recaption"] = _recaption_stage(profile, keys, gpus)
     stages.update(_feature_stages(profile, keys, gpus))
-    for name, stage in profile.stages.items():
-        stage_params = ["profile", *keys("stages", name), *keys("stage_defaults"), *keys("train"), *keys("model")]
+    for name, stage in profile.trained().items():
+        stage_params = ["profile", *_stage_keys(profile, keys, name), *keys("train"), *keys("model")]
         weak = [f"outputs/{stage.init_from}"] if stage.init_from else []
         # what the stage reads besides its weak input: an import stage converts a checkpoint and exports it
         # with the components and the data version, a training stage reads the features made from them
@@ -201,19 +221,46 @@ def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
         }
     pe = profile.pixeval
     judged = pe.judge_steps > 0 and data.source == "generated"
+    if judged:
+        # a stage of its own: a PixEval re-run and the ablations read the same judge, trained once
+        stages["judge"] = {
+            "cmd": f"{PYTHON} -m stages.judge",
+            "deps": ["stages/judge.py", "pixart/eval/judge.py", "pixart/eval/pixeval.py", "pixart/data/scenes.py",
+                     "data/train"],
+            "params": ["profile", *keys("pixeval", "judge_steps"), *keys("pixeval", "seed")],
+            "outs": ["outputs/judge"],
+        }
     stages["pixeval"] = {
         "cmd": f"{PYTHON} -m stages.pixeval",
-        "deps": ["stages/pixeval.py", "pixart/eval", "data/heldout", "data/train",
+        "deps": ["stages/pixeval.py", "stages/judge.py", "pixart/eval", "data/heldout", "data/train",
+                 *(["outputs/judge"] if judged else []),
                  *(f"outputs/{name}" for name in profile.stages), *_local(pe.inception_path), *_local(pe.clip_path)],
         "params": ["profile", *keys("pixeval")],
-        # the judge retrains with each PixEval (about a minute at tiny's 400 steps): a persisted one would keep
-        # pixeval out of the run cache
-        "outs": [*(["outputs/judge"] if judged else []), "metrics/pixeval"],
+        "outs": ["metrics/pixeval"],
         "metrics": ["metrics/pixeval.json", "metrics/pixeval_trend.json", "metrics/stage_times.json",
                     *(["metrics/table4.json"] if lcm_stages(profile) else [])],
         "plots": [{"metrics/pixeval_plot.csv": {"x": "stage"}}, {"metrics/loss_curves.csv": {"x": "step", "y": "loss"}}],
     }
+    if profile.claims():
+        stages["ablations"] = _ablations_stage(profile, keys)
     return stages
+
+
+def _ablations_stage(profile: Profile, keys: _Keys) -> dict[str, Any]:
+    """ablations: each claim's two arms PixEval'd on PixEval's prompts, seeds and judge."""
+    pe = profile.pixeval
+    # a claim whose arms train at the stage's own steps reads the stage as its control
+    compared = {**{a.stage: None for a in profile.claims().values() if not a.controlled}, **dict.fromkeys(profile.arms())}
+    judged = pe.judge_steps > 0 and profile.data.source == "generated"
+    return {
+        "cmd": f"{PYTHON} -m stages.ablations",
+        "deps": ["stages/ablations.py", "stages/pixeval.py", "stages/judge.py", "pixart/eval", "data/heldout",
+                 *(["outputs/judge"] if judged else []), *(f"outputs/{name}" for name in compared),
+                 *_local(pe.inception_path), *_local(pe.clip_path)],
+        "params": ["profile", *keys("pixeval"), *keys("ablations")],
+        "outs": ["metrics/ablations"],
+        "metrics": ["metrics/ablations.json"],
+    }
 
 
 def render(params_file: Path = PARAMS_FILE) -> str:

@@ -25,23 +25,27 @@ def feature_params(stage: StageConfig) -> tuple:
 def feature_set(profile: Profile, stage_name: str) -> str:
     """The feature cache a stage reads: named after the first stage with the same feature params, so
     that e.g. kv-1024 reads aes-1024's latents instead of encoding them again. An import stage reads
-    none: its set is named after it and never built, so its folder does not exist."""
-    if profile.stages[stage_name].kind == "import":
+    none: its set is named after it and never built, so its folder does not exist. Ablation arms come
+    after the table's stages, so an arm reads its stage's set unless it changes a feature field."""
+    trained = profile.trained()
+    if trained[stage_name].kind == "import":
         return stage_name
-    params = feature_params(profile.stages[stage_name])
-    return next(name for name, s in profile.stages.items() if s.kind != "import" and feature_params(s) == params)
+    params = feature_params(trained[stage_name])
+    return next(name for name, s in trained.items() if s.kind != "import" and feature_params(s) == params)
 
 
 def carries_raw(profile: Profile, feature_set_name: str) -> bool:
     """Whether a feature set stores its items' raw captions too: when a stage that reads it mixes them
     in (``real_prompt_ratio``); the others read the same set and ignore them."""
-    return any(profile.stages[r].real_prompt_ratio > 0 for r in feature_sets(profile)[feature_set_name])
+    trained = profile.trained()
+    return any(trained[r].real_prompt_ratio > 0 for r in feature_sets(profile)[feature_set_name])
 
 
 def feature_sets(profile: Profile) -> dict[str, list[str]]:
-    """Every feature set of a profile, in stage-table order, with the stages that read it."""
+    """Every feature set of a profile, in stage-table order (then the ablation arms'), with the stages that
+    read it."""
     sets: dict[str, list[str]] = {}
-    for name, stage in profile.stages.items():
+    for name, stage in profile.trained().items():
         if stage.kind != "import":
             sets.setdefault(feature_set(profile, name), []).append(name)
     return sets

@@ -60,7 +60,7 @@ def main() -> None:
         raise SystemExit(f"features: '{name}' is not a feature set of profile '{ctx.profile_name}' "
                          f"(have {list(feature_sets(profile))})")
     rank, device = join_launcher(), run_device()
-    stage = profile.stages[name]
+    stage = profile.trained()[name]
     components = Components.for_stage(stage, paths)
     encoder_dir, tokenizer_dir = paths.text_encoder / "text_encoder", paths.text_encoder / "tokenizer"
     text_encoder = build_text_encoder(encoder_dir, device=device, dtype=precision_dtype(profile.train.precision))

@@ -5,14 +5,20 @@ MLflow runs, their wall times (metrics/stage_times.json) and loss curves (metric
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 from pixart import atomic, tracking
-from pixart.config import Profile
-from pixart.eval.backbones import build_backbone
+from pixart.config import Profile, StageConfig
+from pixart.eval.backbones import FeatureBackbone, build_backbone
+from pixart.eval.clip_score import ClipScorer
 from pixart.eval.few_step import table4
+from pixart.eval.fid import Statistics
+from pixart.eval.judge import Judge
 from pixart.eval.pixeval import (
+    HeldOut,
     Metrics,
     StageEvaluation,
-    ensure_judge,
     evaluate_stage,
     load_heldout,
     numeric,
@@ -22,10 +28,53 @@ from pixart.eval.pixeval import (
 )
 from pixart.eval.trend import alignment_gain, fid_gain
 from pixart.stage_info import StageInfo
+from stages import judge as judges
 from stages.common import StageContext, parse
 
 # params.yaml names the backbone family; pixart.eval.backbones names the network
 FID_BACKBONES = {"efficientnet-lite0": "efficientnet-lite0", "inception": "inception-v3"}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every PixEval of a run shares: the prompts, the FID backbone and reference, the judge and
+    the CLIP scorer."""
+
+    heldout: HeldOut
+    backbone: FeatureBackbone
+    reference: Statistics
+    judge: Judge | None
+    clip: ClipScorer | None
+
+
+def setup(ctx: StageContext) -> Setup:
+    """PixEval's setup, with the judge the judge stage trained."""
+    profile, paths, settings, pe = ctx.profile, ctx.paths, ctx.settings, ctx.profile.pixeval
+    heldout = load_heldout(paths.heldout_data, pe.n_prompts)
+    weights = settings.path(pe.inception_path) if pe.inception_path else None
+    backbone = build_backbone(FID_BACKBONES[pe.fid_backbone], weights, settings.resolved_device)
+    reference = reference_statistics(paths.heldout_data, profile.pixels(pe.reference_resolution), backbone)
+    judge = judges.load(ctx)
+    clip = None
+    if pe.clip_path is not None:
+        from pixart.eval.clip_score import ClipScorer
+
+        clip = ClipScorer(settings.path(pe.clip_path), settings.resolved_device)
+    return Setup(heldout, backbone, reference, judge, clip)
+
+
+def evaluate(ctx: StageContext, run: Setup, name: str, stage: StageConfig, *, steps: int | None = None,
+             grid_path: Path | None = None) -> StageEvaluation:
+    """PixEval of the checkpoint in outputs/<name>: a diffusion stage at PixEval's steps (``steps``
+    overrides), a distilled one at its own."""
+    pe, pixels = ctx.profile.pixeval, ctx.profile.pixels(stage)
+    if steps is None and not stage.distilled:
+        steps = pe.steps
+    return evaluate_stage(
+        ctx.paths.stage(name), run.heldout.prompts, run.heldout.scenes, run.reference, steps=steps, cfg=pe.cfg,
+        seed=pe.seed, height=pixels, width=pixels, max_tokens=stage.max_tokens, backbone=run.backbone,
+        judge=run.judge, clip=run.clip, grid_path=grid_path, device=ctx.settings.resolved_device,
+    )
 
 
 def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics, list[dict]]:
@@ -33,21 +82,8 @@ def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics,
     exists); the weak-to-strong trend: the first stage's FID minus the last diffusion stage's, with
     its paired bootstrap interval (``trend.fid_gain``), and the caption claim (``caption_claim``);
     and one Table 4 per LCM stage (``few_step.table4``)."""
-    profile, paths, settings, pe = ctx.profile, ctx.paths, ctx.settings, ctx.profile.pixeval
-    heldout = load_heldout(paths.heldout_data, pe.n_prompts)
-    weights = settings.path(pe.inception_path) if pe.inception_path else None
-    backbone = build_backbone(FID_BACKBONES[pe.fid_backbone], weights, settings.resolved_device)
-    reference = reference_statistics(paths.heldout_data, profile.pixels(pe.reference_resolution), backbone)
-    judge = None
-    if pe.judge_steps > 0 and profile.data.source == "generated":
-        judge = ensure_judge(
-            paths.train_dataset(profile), paths.outputs / "judge", steps=pe.judge_steps, seed=pe.seed
-        )
-    clip = None
-    if pe.clip_path is not None:
-        from pixart.eval.clip_score import ClipScorer
-
-        clip = ClipScorer(settings.path(pe.clip_path), settings.resolved_device)
+    profile, paths, settings = ctx.profile, ctx.paths, ctx.settings
+    run = setup(ctx)
     tracking.configure(settings)
     results: dict[str, Metrics] = {}
     evaluations, versions = {}, {}
@@ -61,17 +97,11 @@ def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics,
                 f"pixeval: stage '{name}' has no checkpoint at {stage_dir} (train it first)"
             )
         pixels = profile.pixels(stage)
-        # PixEval's steps are the diffusion sampler's; a distilled stage runs its own default
-        evaluations[name] = evaluate_stage(
-            stage_dir, heldout.prompts, heldout.scenes, reference, steps=None if stage.distilled else pe.steps,
-            cfg=pe.cfg, seed=pe.seed,
-            height=pixels, width=pixels, max_tokens=stage.max_tokens, backbone=backbone, judge=judge, clip=clip,
-            grid_path=paths.metrics / "pixeval" / f"{name}.png", device=settings.resolved_device,
-        )  # fmt: skip
+        evaluations[name] = evaluate(ctx, run, name, stage, grid_path=paths.metrics / "pixeval" / f"{name}.png")
         results[name] = dict(evaluations[name].metrics)
         if (stage.vae, pixels) not in ceilings:
-            ceilings[stage.vae, pixels] = vae_ceiling(stage_dir / "vae", heldout, pixels, reference, backbone, judge,
-                                                      device=settings.resolved_device)
+            ceilings[stage.vae, pixels] = vae_ceiling(stage_dir / "vae", run.heldout, pixels, run.reference,
+                                                      run.backbone, run.judge, device=settings.resolved_device)
         results[name] |= ceilings[stage.vae, pixels]
         versions[name] = StageInfo.read(stage_dir).model_version or name
         tracking.log_version_metrics(versions[name], numeric(results[name]))
@@ -79,18 +109,14 @@ def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics,
     tables = []
     for name, stage in profile.stages.items():
         if stage.kind == "lcm" and name in evaluations:
-            pixels = profile.pixels(stage)
-            by_steps = {steps: evaluate_stage(
-                paths.stage(name), heldout.prompts, heldout.scenes, reference, steps=steps, cfg=pe.cfg, seed=pe.seed,
-                height=pixels, width=pixels, max_tokens=stage.max_tokens, backbone=backbone, judge=judge, clip=clip,
-                device=settings.resolved_device).metrics if steps != results[name]["steps"] else results[name]
-                for steps in pe.lcm_steps}  # fmt: skip
-            tables.append(table4(profile, name, results, by_steps, pe.steps))
+            by_steps = {steps: evaluate(ctx, run, name, stage, steps=steps).metrics
+                        if steps != results[name]["steps"] else results[name] for steps in profile.pixeval.lcm_steps}
+            tables.append(table4(profile, name, results, by_steps, profile.pixeval.steps))
             print(f"pixeval table 4 ({name}): {tables[-1]}")
     diffusion = [name for name, stage in profile.stages.items() if not stage.distilled]
     weak, strong = diffusion[0], diffusion[-1]
     trend: Metrics = {"weak": weak, "strong": strong,
-                      **fid_gain(evaluations[weak].features, evaluations[strong].features, reference)}
+                      **fid_gain(evaluations[weak].features, evaluations[strong].features, run.reference)}
     trend |= caption_claim(profile, evaluations)
     tracking.log_version_metrics(versions[strong], numeric(trend))
     print(f"pixeval trend: {trend}")

@@ -20,7 +20,7 @@ from stages.teacher_pairs import pairs_dir
 
 def build_job(ctx) -> StageJob:
     profile, paths, name = ctx.profile, ctx.paths, ctx.name
-    stage = profile.stages[name]
+    stage = profile.trained()[name]
     # no tracking.configure here: every rank runs this, and only rank 0 may touch the store (two
     # processes creating a fresh SQLite schema race: "duplicate column name"); tracking configures
     # itself from the same environment on first use

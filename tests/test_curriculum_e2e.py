@@ -141,6 +141,43 @@ def test_pixevals_judge_reads_real_heldout_images_far_above_chance(smoke_run):
     assert len(square) >= 2 and own > shuffled + 0.4, (own, shuffled)
 
 
+def test_an_ablation_row_pairs_two_arms_of_one_weak_input_differing_only_in_its_changes(smoke_run):
+    from pixart.config import StageConfig
+    from pixart.eval.ablations import differing_fields
+
+    root = smoke_run.root
+    (name, ablation), = SMOKE.claims().items()
+    row = json.loads((root / "metrics/ablations.json").read_text())[name]
+    arms = row["control"]["name"], row["ablated"]["name"]
+    assert arms == (f"{name}-control", name) and ablation.controlled
+    infos = [json.loads((root / "outputs" / arm / "stage.json").read_text()) for arm in arms]
+    # both arms start from the stage's weak input, the same registered version of it
+    weak = SMOKE.stages[ablation.stage].init_from
+    assert {(i["parent"], i["parent_version"]) for i in infos} == {(weak, row["weak_input_version"])}
+    configs = [StageConfig.model_validate(i["config"]) for i in infos]
+    assert differing_fields(*configs) == row["differs_in"] == sorted(ablation.changes)
+    assert [c.steps for c in configs] == [ablation.steps] * 2
+    # the row is computed from the two arms' PixEvals: its gain is their paired difference of means
+    assert row["gain"] == pytest.approx(row["control"]["alignment"] - row["ablated"]["alignment"])
+    assert row["gain_low"] <= row["gain"] <= row["gain_high"] and row["verdict"] in {
+        "supported", "not supported", "not resolved"}
+    assert all(row[side]["train_seconds"] > 0 and row[side]["seconds_per_image"] > 0 for side in ("control", "ablated"))
+    printed = subprocess.run([str(REPO / ".venv/bin/pixart"), "ablations", "--root", str(root)], env=smoke_run.env,
+                             capture_output=True, text=True, check=True).stdout
+    assert ablation.claim in printed and f"`{name}-control` vs `{name}`" in printed and row["verdict"] in printed
+    # an arm registers a version under its own alias, with its lineage; the stage's alias stays on the stage
+    def lineage(alias: str) -> str:
+        return subprocess.run([str(REPO / ".venv/bin/pixart"), "lineage", f"models:/pixart-sigma@{alias}"],
+                              env=smoke_run.env, capture_output=True, text=True, check=True).stdout
+
+    chain = lineage(name)
+    positions = [chain.index(f"│ {stage} ") for stage in (name, "vae-adapt", "base")]
+    assert positions == sorted(positions), chain
+    align = json.loads((root / "outputs/align/stage.json").read_text())["model_version"]
+    first = next(line for line in lineage("align").splitlines() if "│ align " in line)
+    assert f"│ {align} " in first, first
+
+
 def test_registry_holds_one_aliased_version_per_stage_with_lineage(smoke_run):
     out = subprocess.run([str(REPO / ".venv/bin/pixart"), "lineage", "models:/pixart-sigma@kv-2k"], env=smoke_run.env,
                          capture_output=True, text=True, check=True).stdout

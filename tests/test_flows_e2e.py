@@ -115,6 +115,7 @@ def test_deployment_run_completes_with_artifacts_and_mlflow_aliases(prefect_env,
         assert f"| {name} | `runs:/" in artifacts["mlflow-smoke"]
     # the recaption stage's panels: each held-out image beside its three captions
     assert "| image | raw | recaption | truth |" in artifacts["recaption-smoke"]
+    assert "`align-raw-120-control` vs `align-raw-120`" in artifacts["ablations-smoke"]  # the claims' table
 
     registry = _client_call(env, (
         "import json\n"

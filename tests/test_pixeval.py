@@ -208,9 +208,13 @@ def _moved_transformer(src: Path, dst: Path) -> None:
 def test_pixeval_stage_evaluates_trained_stages_logs_them_in_the_registry_and_adds_dmd_when_present(
     curriculum,
 ) -> None:
+    from stages import judge
     from stages.pixeval import evaluate_curriculum
 
     paths = curriculum.paths
+    with pytest.raises(SystemExit, match="the judge stage trains it first"):
+        evaluate_curriculum(curriculum)
+    judge.train(curriculum)
     results, trend, _ = evaluate_curriculum(curriculum)
     assert list(results) == ["base", "align"]  # dmd has no folder yet: skipped
     # the trend runs from the first diffusion stage to the last: their FID difference, resampled
@@ -233,6 +237,7 @@ def test_pixeval_stage_evaluates_trained_stages_logs_them_in_the_registry_and_ad
     results, trend, _ = evaluate_curriculum(curriculum)
     assert list(results) == ["base", "align", "dmd"]
     assert trend["strong"] == "align"  # the one-step generator is not the curriculum's strong end
+    judge.train(curriculum)
     assert judge_weights.stat().st_mtime_ns == trained_at  # same data and steps: the judge is reused
     # dmd samples in one step without CFG, base in two with CFG: the same weights give other images
     assert results["dmd"]["fid"] != results["base"]["fid"]

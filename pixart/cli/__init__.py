@@ -21,7 +21,7 @@ def _project_env() -> None:
 
 # One entry per command module; order is the order of --help.
 _MODULES = ("config", "dag", "model", "pretrained", "data", "launch", "worker", "plan", "tracking", "promote",
-            "report")
+            "report", "ablations")
 
 for _name in _MODULES:
     importlib.import_module(f"pixart.cli.{_name}").register(app)

@@ -30,7 +30,7 @@ def latent_side(job: StageJob, components: Components) -> int:
 def load_transformer(job: StageJob, components: Components) -> PixArtSigmaTransformer:
     stage = job.stage
     side = latent_side(job, components)
-    scale = pe_interpolation(stage.resolution)
+    scale = stage.pe_interpolation or pe_interpolation(stage.resolution)
     spec = get_spec(job.profile.model)
     if job.weak_input is not None:
         model = PixArtSigmaTransformer.from_pretrained(job.weak_input / "transformer")
