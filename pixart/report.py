@@ -243,6 +243,15 @@ def _read_losses(path: Path) -> dict[str, list[tuple[float, float]]] | None:
     return curves
 
 
+def _wall_times(metrics: Path, ablations: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """stage_times.json (PixEval reads the stages' MLflow runs), and each ablation arm's from its row: an
+    arm need not have trained before PixEval ran."""
+    times = _read_json(metrics / "stage_times.json")
+    arms = {arm["name"]: arm["train_seconds"] for row in (ablations or {}).values()
+            for arm in (row.get("control", {}), row.get("ablated", {})) if "train_seconds" in arm}
+    return {**arms, **times} if times is not None else None
+
+
 @dataclass(frozen=True)
 class Inputs:
     """Everything the page and its images are made of, read once."""
@@ -273,13 +282,14 @@ def load(root: Path) -> Inputs:
     xl = load_profile("xl", params)[1] if "xl" in read_raw(params)["profiles"] else None
     lock = _read_lock(metrics / LOCK.name)
     grids = [(s, metrics / "pixeval" / f"{s}.png") for s in profile.stages]
+    ablations = _read_json(metrics / "ablations.json")
     return Inputs(
         profile_name=name, profile=profile, xl=xl,
         pixeval=_read_json(metrics / "pixeval.json"), plot=_read_plot(metrics / "pixeval_plot.csv"),
-        trend=_read_json(metrics / "pixeval_trend.json"), times=_read_json(metrics / "stage_times.json"),
+        trend=_read_json(metrics / "pixeval_trend.json"), times=_wall_times(metrics, ablations),
         captions=_read_json(metrics / "caption_stats.json"), vaes=_read_json(metrics / "vaes.json"),
         table4=_read_json(metrics / "table4.json"), recaption=_read_json(metrics / "recaption.json"),
-        recaption_panels=(metrics / RECAPTION_PANELS).is_file(), ablations=_read_json(metrics / "ablations.json"),
+        recaption_panels=(metrics / RECAPTION_PANELS).is_file(), ablations=ablations,
         grids=[(s, p) for s, p in grids if p.is_file()], losses=_read_losses(metrics / "loss_curves.csv"), lock=lock, status=read_status(root, lock),
     )  # fmt: skip
 

@@ -3,8 +3,8 @@ fresh ``git clone``: no dvc.lock, no outputs, its own DVC cache), each running t
 deployment's flow (flows/stage.py ``curriculum_stage``) under a Prefect test server, one DVC remote on
 moto S3 and one MLflow store shared by all. No stage runs twice: every pod restores its upstream
 from the remote's run cache, and a last fresh clone restores the whole curriculum without running
-anything (slow: a pod per stage, 21 pods; 12.5 min on 2 cores shared with other test runs, of which
-each pod spends ~1 s per upstream stage restoring it)."""
+anything (slow: a pod per stage, 22 pods; 12.5 min on 2 cores shared with other test runs, of which
+each pod spends ~1 s per upstream stage restoring it). Smoke's ablation is left out (``_without_ablations``)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,23 @@ def _git_clone(cluster: Cluster, name: str) -> Path:
     return pod
 
 
+def _without_ablations(origin: Path) -> Path:
+    """The copy with smoke's ablations dropped (null), committed: their arms train as the other stages do
+    and their scoring reads what pixeval reads, so on the cluster they would add pods and nothing new."""
+    import yaml
+
+    from pixart import dag
+
+    params = origin / "params.yaml"
+    raw = yaml.safe_load(params.read_text())
+    raw["profiles"]["smoke"]["ablations"] = dict.fromkeys(SMOKE.claims())
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    dag.write(params)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "no ablations"],
+                   cwd=origin, check=True)
+    return origin
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
     """moto S3 as the DVC remote, a SQLite MLflow store and artifact folder outside every clone, a
@@ -93,8 +110,8 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         env.setenv("PIXART_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
         env.setenv("PIXART_ARTIFACT_LOCATION", (tmp / "mlartifacts").as_uri())
         boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-        cluster = Cluster(copy_repo(tmp / "origin", "smoke"), tmp / "pods", f"s3://{BUCKET}/pixart-curriculum",
-                          moto.url)
+        cluster = Cluster(_without_ablations(copy_repo(tmp / "origin", "smoke")), tmp / "pods",
+                          f"s3://{BUCKET}/pixart-curriculum", moto.url)
         get_settings.cache_clear()
         tracking.configure()
         with (prefect_test_harness(server_startup_timeout=120),
