@@ -107,3 +107,15 @@ def test_a_row_is_the_paired_difference_of_its_arms_and_an_unjudged_alignment_cl
     headers, cells = table({"x": {"claim": "c", "metric": "fid", "control": {"name": "s"}, "ablated": {"name": "x"},
                                   **row}})
     assert cells[0][headers.index("verdict")] == SUPPORTED and "`s` vs `x`" in cells[0]
+
+
+def test_config_show_lists_the_arms_after_the_stages_with_their_pe_scale():
+    from typer.testing import CliRunner
+
+    from pixart.cli import app
+
+    out = CliRunner().invoke(app, ["config", "show", "--profile", "tiny"]).stdout
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
+    assert set(TINY.trained()) <= set(rows)
+    assert rows["aes-1024-no-pe-interpolation"].split("│")[6].strip() == "1"
+    assert rows["aes-1024"].split("│")[6].strip() == "2"

@@ -27,6 +27,10 @@ def test_the_reference_holds_every_stage_of_the_profile_it_was_recorded_from():
     assert set(pixeval) == set(profile.stages)
     lock = (REPO / report.METRICS / report.LOCK.name).read_text()
     assert all(f"\n  {stage}:\n" in lock for stage in profile.stages)
+    # and one row per claim of its ablations, each from the arms its lock records
+    rows = json.loads((REPO / report.METRICS / "ablations.json").read_text())
+    assert set(rows) == set(profile.claims())
+    assert all(f"\n  {row[arm]['name']}:\n" in lock for row in rows.values() for arm in ("control", "ablated"))
 
 
 def test_dvc_metrics_show_lists_the_reference_on_a_checkout_without_a_run():

@@ -30,7 +30,7 @@ def show(
     profile: str = typer.Option(None, help="Profile to print (default: params.yaml's 'profile')."),
     params: Path = typer.Option(PARAMS_FILE, help="The params file."),
 ) -> None:
-    """Print a profile's curriculum as a table."""
+    """Print a profile's curriculum as a table, its ablation arms after its stages."""
     with exit_codes({ParamsError: 2}):
         name, prof = load_profile(profile, params)
     table = Table(title=f"{name}: {prof.description} (model {prof.model}, pixel scale {prof.pixel_scale:g})")
@@ -38,10 +38,10 @@ def show(
                "caption", "tokens", "vae", "kv layers", "aspect", "data", "gpus")
     for col in columns:
         table.add_column(col)
-    for stage_name, s in prof.stages.items():
+    for stage_name, s in prof.trained().items():
         table.add_row(
             stage_name, s.kind, _fmt(s.init_from or (s.pretrained and s.pretrained.name)),
-            str(s.resolution), str(prof.pixels(s)), f"{s.resolution / 512:g}", _fmt(s.steps or None),
+            str(s.resolution), str(prof.pixels(s)), f"{s.pe_interpolation or s.resolution / 512:g}", _fmt(s.steps or None),
             _fmt(s.batch_size if s.kind != "import" else None), _fmt(s.lr if s.kind != "import" else None),
             _fmt(s.images), s.caption, str(s.max_tokens), s.vae, _fmt(s.kv_compress_layers or None),
             "buckets" if s.multi_aspect else "square", s.quality, str(s.num_gpus),
