@@ -527,7 +527,7 @@ def _ablations_section(inputs: Inputs) -> list[str]:
     lines, rows = _heading("Ablations"), inputs.ablations
     if not rows:
         return lines + _absent("Ablations", f"no `{METRICS}/ablations.json` (the profile declares no `ablations`)")
-    headers, cells = table(rows)
+    headers, cells = table({name: rows[name] for name in _ordered(rows, inputs.profile.claims())})
     stale = "ablations" in inputs.status.stale or "ablations" in inputs.status.changed
     shrunk = [f"`{name}` ({r['control']['steps']} steps)" for name, r in rows.items()
               if r.get("control", {}).get("name") == f"{name}-control"]

@@ -76,7 +76,10 @@ def test_the_dag_trains_each_arm_on_its_stages_inputs_and_no_main_stage_reads_an
             assert not any(a in stage.get("deps", []) for a in (f"outputs/{arm}" for arm in TINY.arms())), name
     assert stages["ablations"]["metrics"] == ["metrics/ablations.json"]
     assert {f"outputs/{a}" for a in TINY.arms()} <= set(stages["ablations"]["deps"])
-    assert "outputs/align" not in stages["ablations"]["deps"]  # align's claim trains its own control arm
+    # a claim at its stage's own steps reads the stage as its control; one with fewer steps, its control arm
+    for name, ablation in SMOKE.claims().items():
+        assert ablation.controlled and f"{name}-control" in SMOKE.arms()
+    assert not any(a.controlled for a in TINY.claims().values()) and "outputs/align" in stages["ablations"]["deps"]
 
 
 def _ablation(**fields) -> AblationConfig:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from pixart.config import PARAMS_FILE
+from pixart.config import PARAMS_FILE, ParamsError, load_profile
 
 
 def ablations(
@@ -29,7 +29,11 @@ def ablations(
     except json.JSONDecodeError as exc:
         typer.echo(f"ablations: {path}: not JSON ({exc})", err=True)
         raise typer.Exit(2) from None
-    headers, cells = table(rows)
+    try:  # in the order params.yaml declares them; a run of another params file keeps the file's order
+        order = list(load_profile(None, root / "params.yaml")[1].claims())
+    except ParamsError:
+        order = []
+    headers, cells = table({**{n: rows[n] for n in order if n in rows}, **rows})
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)] if cells else map(len, headers)
     widths = list(widths)
     for line in (headers, *cells):
