@@ -527,12 +527,22 @@ def _ablations_section(inputs: Inputs) -> list[str]:
     lines, rows = _heading("Ablations"), inputs.ablations
     if not rows:
         return lines + _absent("Ablations", f"no `{METRICS}/ablations.json` (the profile declares no `ablations`)")
-    headers, cells = table({name: rows[name] for name in _ordered(rows, inputs.profile.claims())})
+    ordered = {name: rows[name] for name in _ordered(rows, inputs.profile.claims())}
+    headers, cells = table(ordered)
     stale = "ablations" in inputs.status.stale or "ablations" in inputs.status.changed
     shrunk = [f"`{name}` ({r['control']['steps']} steps)" for name, r in rows.items()
               if r.get("control", {}).get("name") == f"{name}-control"]
     note = (f" Trained at fewer steps than their stage, both arms alike: {', '.join(shrunk)}." if shrunk else "")
-    return lines + _table(headers, cells) + [f"Status: {inputs.status.label(stale)}.{note}", ""]
+    both = [[f"`{r.get('control', {}).get('name')}` vs `{r.get('ablated', {}).get('name')}`",
+             *(_fixed(r.get(arm, {}).get("fid"), 1) for arm in ("control", "ablated")),
+             *(_fixed(r.get(arm, {}).get("alignment"), 3) for arm in ("control", "ablated")),
+             *(_ratio(r.get(arm, {}).get("alignment"), r.get(arm, {}).get("alignment_shuffled"), "×")
+               for arm in ("control", "ablated"))] for r in ordered.values()]
+    return lines + _table(headers, cells) + [
+        (f"Status: {inputs.status.label(stale)}.{note} A verdict reads the metric its claim declares; "
+         "both arms' FID and alignment (with its multiple of chance):"), "",
+        *_table(["stage vs ablation", "FID stage", "FID ablation", "alignment stage", "alignment ablation",
+                 "× chance stage", "× chance ablation"], both)]
 
 
 def _vaes_section(inputs: Inputs) -> list[str]:
