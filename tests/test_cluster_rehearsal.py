@@ -3,7 +3,7 @@ fresh ``git clone``: no dvc.lock, no outputs, its own DVC cache), each running t
 deployment's flow (flows/stage.py ``curriculum_stage``) under a Prefect test server, one DVC remote on
 moto S3 and one MLflow store shared by all. No stage runs twice: every pod restores its upstream
 from the remote's run cache, and a last fresh clone restores the whole curriculum without running
-anything (slow: a pod per stage, 22 pods; 12.5 min on 2 cores shared with other test runs, of which
+anything (slow: a pod per stage, 24 pods; 12.5 min on 2 cores shared with other test runs, of which
 each pod spends ~1 s per upstream stage restoring it). Smoke's ablation is left out (``_without_ablations``)."""
 
 from __future__ import annotations
