@@ -34,8 +34,7 @@ def ablations(
     except ParamsError:
         order = []
     headers, cells = table({**{n: rows[n] for n in order if n in rows}, **rows})
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)] if cells else map(len, headers)
-    widths = list(widths)
+    widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(headers)]
     for line in (headers, *cells):
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
 
