@@ -81,13 +81,11 @@ SPECS: dict[str, ModelSpec] = {
         kv_compress_layers=tuple(range(14, 28)),
         text_encoder=None,
     ),
-    # hidden 64: a 32 px step costs half of hidden 128's (bench/tiny_width.py), and the
-    # curriculum's minutes are mostly these steps (docs/notes/2026-12-tiny-draws-no-objects.md, E14)
     "tiny": ModelSpec(
         name="tiny",
         depth=6,
         num_heads=4,
-        head_dim=16,
+        head_dim=32,
         patch_size=2,
         caption_channels=384,  # MiniLM-L6, the packaged encoder of the tiny profile
         kv_compress_layers=(3, 4, 5),  # the top half, as 14-27 of 28
