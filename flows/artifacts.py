@@ -98,10 +98,9 @@ def samples_markdown(stage: str, grid: Path) -> str | None:
 def ablations_markdown(rows: Mapping[str, object]) -> str:
     """metrics/ablations.json as the table `pixart ablations` prints."""
     from pixart.eval.ablations import table
+    from pixart.report import markdown_table
 
-    headers, cells = table(rows)
-    lines = [f"| {' | '.join(headers)} |", f"|{'---|' * len(headers)}", *(f"| {' | '.join(c)} |" for c in cells)]
-    return "\n".join(["# Ablations", "", *lines])
+    return "\n".join(["# Ablations", "", *markdown_table(*table(rows))]).rstrip()
 
 
 def artifact_key(*parts: str) -> str:

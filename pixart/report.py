@@ -343,7 +343,8 @@ def _duration(seconds: Any) -> str:
     return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A markdown table's lines, a blank line after it."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
 
@@ -404,7 +405,7 @@ def _pixeval_section(inputs: Inputs) -> list[str]:
                "alignment / chance", "alignment / ceiling", *(["CLIP-score"] if clip else []), "s / image",
                "status"]
     stages = _ordered(results, inputs.profile.stages)
-    lines += _table(headers, [_pixeval_row(inputs, s, clip) for s in stages])
+    lines += markdown_table(headers, [_pixeval_row(inputs, s, clip) for s in stages])
     counts = sorted({m["n_images"] for m in results.values() if isinstance(m.get("n_images"), int)})
     if counts:
         lines += [f"Images per stage: {', '.join(map(str, counts))}.", ""]
@@ -423,7 +424,7 @@ def _trend_section(inputs: Inputs) -> list[str]:
     interval = f"{_fixed(t.get('fid_gain_low'), 2)} … {_fixed(t.get('fid_gain_high'), 2)}"
     headers = ["weak", "strong", "FID gain", "95 % interval", "resamples where strong beats weak", "status"]
     row = [f"`{weak}`", f"`{strong}`", _fixed(t.get("fid_gain"), 2), interval, share, status.label(stale)]
-    return lines + _table(headers, [row]) + _caption_claim(t, status)
+    return lines + markdown_table(headers, [row]) + _caption_claim(t, status)
 
 
 def _caption_claim(t: dict[str, Any], status: Any) -> list[str]:
@@ -439,7 +440,7 @@ def _caption_claim(t: dict[str, Any], status: Any) -> list[str]:
     row = [f"`{before}`", f"`{after}`", _fixed(t.get("alignment_gain"), 3), interval, share, status.label(stale)]
     intro = ("The caption claim: the alignment gained where the curriculum switches to dense captions, "
              "paired by prompt.")
-    return [intro, "", *_table(headers, [row])]
+    return [intro, "", *markdown_table(headers, [row])]
 
 
 # The seed's Table 4 (512 px, batch 1, one A100): FID, CLIP-score, seconds per image
@@ -466,11 +467,11 @@ def _table4_section(inputs: Inputs) -> list[str]:
         rows = [[r["row"], f"`{r['stage']}`", str(r["steps"]), _fixed(r.get("fid"), 2), _fixed(r.get("alignment"), 3),
                  *([_fixed(r.get("clip_score"), 4)] if clip else []), _fixed(r.get("seconds_per_image"), 3),
                  f"{_fixed(r.get('speedup'), 1)}×", inputs.status.label(stale)] for r in t["rows"]]
-        lines += [f"Teacher `{t['teacher']}`, {t['pixels']} px:", "", *_table(headers, rows)]
+        lines += [f"Teacher `{t['teacher']}`, {t['pixels']} px:", "", *markdown_table(headers, rows)]
     paper = [[r["row"], str(r["steps"]), _fixed(r["fid"], 2), _fixed(r["clip_score"], 4),
               _fixed(r["seconds_per_image"], 2)] for r in PAPER_TABLE4]
     return lines + ["The paper's Table 4 (512 px, batch 1), for comparison:", "",
-                    *_table(["row", "steps", "FID", "CLIP-score", "s / image"], paper)]
+                    *markdown_table(["row", "steps", "FID", "CLIP-score", "s / image"], paper)]
 
 
 def _stages_section(inputs: Inputs) -> list[str]:
@@ -498,7 +499,7 @@ def _captions_section(inputs: Inputs) -> list[str]:
              for kind, r in ((k, rows[k]) for k in _ordered(rows, ("raw", "dense")))]
     headers = ["kind", "captions", "VN/DN", "total nouns", "words per caption", "nouns per image"]
     status = inputs.status.label("caption-stats" in inputs.status.stale)
-    return lines + _table(headers, cells) + [f"Status: {status}.", ""]
+    return lines + markdown_table(headers, cells) + [f"Status: {status}.", ""]
 
 
 def _recaption_section(inputs: Inputs) -> list[str]:
@@ -518,7 +519,7 @@ def _recaption_section(inputs: Inputs) -> list[str]:
     source = inputs.profile.recaption.caption_source if inputs.profile.recaption else "truth"
     panels = (f" The captions of a few images side by side, hallucinations struck through: "
               f"[`{RECAPTION_PANELS}`](results/metrics/{RECAPTION_PANELS})." if inputs.recaption_panels else "")
-    return lines + _table(headers, cells) + [f"Dense-caption stages train on: {source}.{panels} Status: {status}.", ""]
+    return lines + markdown_table(headers, cells) + [f"Dense-caption stages train on: {source}.{panels} Status: {status}.", ""]
 
 
 def _ablations_section(inputs: Inputs) -> list[str]:
@@ -538,10 +539,10 @@ def _ablations_section(inputs: Inputs) -> list[str]:
              *(_fixed(r.get(arm, {}).get("alignment"), 3) for arm in ("control", "ablated")),
              *(_ratio(r.get(arm, {}).get("alignment"), r.get(arm, {}).get("alignment_shuffled"), "×")
                for arm in ("control", "ablated"))] for r in ordered.values()]
-    return lines + _table(headers, cells) + [
+    return lines + markdown_table(headers, cells) + [
         (f"Status: {inputs.status.label(stale)}.{note} A verdict reads the metric its claim declares; "
          "both arms' FID and alignment (with its multiple of chance):"), "",
-        *_table(["stage vs ablation", "FID stage", "FID ablation", "alignment stage", "alignment ablation",
+        *markdown_table(["stage vs ablation", "FID stage", "FID ablation", "alignment stage", "alignment ablation",
                  "× chance stage", "× chance ablation"], both)]
 
 
@@ -554,7 +555,7 @@ def _vaes_section(inputs: Inputs) -> list[str]:
     cells = [[f"`{n}`", _fixed(vaes[n].get("heldout_mse"), 4), _fixed(vaes[n].get("heldout_object_mse"), 4)]
              for n in _ordered(vaes, inputs.profile.vaes)]
     status = inputs.status.label("vaes" in inputs.status.stale)
-    return lines + _table(["VAE", "MSE", "object MSE"], cells) + [f"Status: {status}.", ""]
+    return lines + markdown_table(["VAE", "MSE", "object MSE"], cells) + [f"Status: {status}.", ""]
 
 
 def _why(status: Status, name: str) -> str:
@@ -579,7 +580,7 @@ def _pipeline_section(inputs: Inputs) -> list[str]:
         return _duration(times.get(name)) if times is not None else DASH
 
     cells = [[f"`{n}`", wall(n), _why(status, n)] for n in names]
-    return lines + _table(["stage", "wall time", "status"], cells)
+    return lines + markdown_table(["stage", "wall time", "status"], cells)
 
 
 @lru_cache(maxsize=4)
@@ -633,7 +634,7 @@ def _memory_section(inputs: Inputs) -> list[str]:
     lines += [intro, ""]
     headers = ["px", "stage", "ZeRO", "GPUs", "micro-batch", "tokens", "params", "grads", "optimizer",
                "activations", "total"]
-    return lines + _table(headers, rows)
+    return lines + markdown_table(headers, rows)
 
 
 def render_page(inputs: Inputs) -> str:

@@ -213,3 +213,15 @@ def test_sample_grid_is_inlined_when_present_and_skipped_when_absent(tmp_path):
     encoded = re.search(r"base64,([A-Za-z0-9+/=]+)\)", markdown).group(1)
     assert base64.b64decode(encoded) == grid.read_bytes()
     assert samples_markdown("base", tmp_path / "missing.png") is None
+
+
+def test_the_ablations_artifact_is_the_claims_table_one_row_per_claim():
+    from flows.artifacts import ablations_markdown
+
+    row = {"claim": "dense captions help", "metric": "alignment", "expect": "better", "stage_value": 0.6,
+           "ablation_value": 0.3, "gain": 0.3, "gain_low": 0.2, "gain_high": 0.4, "verdict": "supported",
+           "control": {"name": "align"}, "ablated": {"name": "align-raw-120"}}
+    lines = ablations_markdown({"align-raw-120": row}).splitlines()
+    assert lines[:2] == ["# Ablations", ""] and lines[3].startswith("|---|")
+    assert len(lines) == 5 and lines[4].startswith("| dense captions help |") and lines[4].endswith("| supported |")
+    assert "`align` vs `align-raw-120`" in lines[4] and "0.300 [0.200, 0.400]" in lines[4]
