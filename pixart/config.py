@@ -444,6 +444,11 @@ class Profile(_Strict):
         """Every stage the DAG trains or imports: the stage table's rows, then the ablation arms."""
         return {**self.stages, **self.arms()}
 
+    @property
+    def judged(self) -> bool:
+        """Whether PixEval has a judge: generated scenes to read, and steps to train it on them."""
+        return self.pixeval.judge_steps > 0 and self.data.source == "generated"
+
     def recaptioned(self, stage: StageConfig) -> bool:
         """Whether ``stage`` trains on the recaption stage's captions: a dense-caption stage, with
         recaptions as the caption source."""

@@ -220,8 +220,7 @@ def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
             "outs": [f"outputs/{name}"],
         }
     pe = profile.pixeval
-    judged = pe.judge_steps > 0 and data.source == "generated"
-    if judged:
+    if profile.judged:
         # a stage of its own: a PixEval re-run and the ablations read the same judge, trained once
         stages["judge"] = {
             "cmd": f"{PYTHON} -m stages.judge",
@@ -233,10 +232,10 @@ def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
     stages["pixeval"] = {
         "cmd": f"{PYTHON} -m stages.pixeval",
         "deps": ["stages/pixeval.py", "stages/judge.py", "pixart/eval", "data/heldout", "data/train",
-                 *(["outputs/judge"] if judged else []),
+                 *(["outputs/judge"] if profile.judged else []),
                  *(f"outputs/{name}" for name in profile.stages), *_local(pe.inception_path), *_local(pe.clip_path)],
         "params": ["profile", *keys("pixeval")],
-        "outs": ["metrics/pixeval"],
+        "outs": ["metrics/pixeval", "outputs/pixeval-evaluations"],
         "metrics": ["metrics/pixeval.json", "metrics/pixeval_trend.json", "metrics/stage_times.json",
                     *(["metrics/table4.json"] if lcm_stages(profile) else [])],
         "plots": [{"metrics/pixeval_plot.csv": {"x": "stage"}}, {"metrics/loss_curves.csv": {"x": "step", "y": "loss"}}],
@@ -247,15 +246,16 @@ def _stages(profile_name: str, profile: Profile, keys: _Keys) -> dict[str, Any]:
 
 
 def _ablations_stage(profile: Profile, keys: _Keys) -> dict[str, Any]:
-    """ablations: each claim's two arms PixEval'd on PixEval's prompts, seeds and judge."""
+    """ablations: each claim's two arms PixEval'd on PixEval's prompts, seeds and judge; a claim whose
+    arms train at the stage's own steps reads the stage as its control, from PixEval's evaluations."""
     pe = profile.pixeval
-    # a claim whose arms train at the stage's own steps reads the stage as its control
-    compared = {**{a.stage: None for a in profile.claims().values() if not a.controlled}, **dict.fromkeys(profile.arms())}
-    judged = pe.judge_steps > 0 and profile.data.source == "generated"
+    stages = {a.stage: None for a in profile.claims().values() if not a.controlled}
+    compared = {**stages, **dict.fromkeys(profile.arms())}
     return {
         "cmd": f"{PYTHON} -m stages.ablations",
         "deps": ["stages/ablations.py", "stages/pixeval.py", "stages/judge.py", "pixart/eval", "data/heldout",
-                 *(["outputs/judge"] if judged else []), *(f"outputs/{name}" for name in compared),
+                 *(["outputs/judge"] if profile.judged else []), *(f"outputs/{name}" for name in compared),
+                 *(["outputs/pixeval-evaluations"] if stages else []),
                  *_local(pe.inception_path), *_local(pe.clip_path)],
         "params": ["profile", *keys("pixeval"), *keys("ablations")],
         "outs": ["metrics/ablations"],

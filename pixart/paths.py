@@ -97,6 +97,11 @@ class CurriculumPaths:
     def stage(self, name: str) -> Path:
         return self.outputs / name
 
+    @property
+    def pixeval_evaluations(self) -> Path:
+        """PixEval's per-prompt features and alignment of every stage (``pixeval.save_evaluations``)."""
+        return self.outputs / "pixeval-evaluations"
+
     def state(self, name: str) -> Path:
         return self.settings.path(self.settings.cache_dir) / "checkpoints" / name
 

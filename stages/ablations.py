@@ -1,13 +1,15 @@
 """ablations: the paper's claims as paired comparisons (params.yaml ``ablations``). Each claim's two arms,
 the stage (or its control arm at the ablation's steps) and the ablated arm, are PixEval'd on PixEval's
-prompts, seeds and judge; metrics/ablations.json holds one row per claim (``pixart.eval.ablations``) and
-the stage's MLflow run "ablations" the same. No arm is ever a candidate for an alias: its registered
+prompts, seeds and judge (a stage of the curriculum is not rendered again: its PixEval is read back);
+metrics/ablations.json holds one row per claim (``pixart.eval.ablations``) and the stage's MLflow run
+"ablations" the same. No arm is ever a candidate for an alias: its registered
 version carries its own name, and promotion reads the stage table only."""
 
 from __future__ import annotations
 
 from pixart import atomic, tracking
 from pixart.eval.ablations import arm_metrics, compare, differing_fields, table
+from pixart.eval.pixeval import load_evaluation
 from pixart.stage_info import StageInfo
 from stages.common import parse
 from stages.pixeval import evaluate, setup
@@ -27,7 +29,11 @@ def main() -> None:
         for arm in (control, name):
             if not StageInfo.exists(paths.stage(arm)):
                 raise SystemExit(f"{STAGE}: '{arm}' has no checkpoint at {paths.stage(arm)} (dvc repro trains it)")
-            if arm not in evaluations:
+            if arm in evaluations:
+                continue
+            if arm in profile.stages:
+                evaluations[arm] = load_evaluation(paths.pixeval_evaluations, arm)
+            else:
                 evaluations[arm] = evaluate(ctx, run, arm, trained[arm], grid_path=paths.metrics / STAGE / f"{arm}.png")
         infos = {arm: StageInfo.read(paths.stage(arm)) for arm in (control, name)}
         weak = {arm: (info.parent, info.parent_version) for arm, info in infos.items()}

@@ -11,11 +11,6 @@ from stages.common import StageContext, parse
 STAGE = "judge"
 
 
-def judged(ctx: StageContext) -> bool:
-    """Whether the profile has a judge: generated scenes to read, and steps to train it."""
-    return ctx.profile.pixeval.judge_steps > 0 and ctx.profile.data.source == "generated"
-
-
 def train(ctx: StageContext) -> Judge:
     pe = ctx.profile.pixeval
     return ensure_judge(ctx.paths.train_dataset(ctx.profile), ctx.paths.outputs / STAGE, steps=pe.judge_steps,
@@ -24,7 +19,7 @@ def train(ctx: StageContext) -> Judge:
 
 def load(ctx: StageContext) -> Judge | None:
     """The judge this stage trained, None when the profile has none; a missing one is an error that says why."""
-    if not judged(ctx):
+    if not ctx.profile.judged:
         return None
     folder = ctx.paths.outputs / STAGE
     if not (folder / "judge.safetensors").is_file():
@@ -34,7 +29,7 @@ def load(ctx: StageContext) -> Judge | None:
 
 def main() -> None:
     ctx = parse(__doc__)
-    if not judged(ctx):
+    if not ctx.profile.judged:
         raise SystemExit(f"judge: profile '{ctx.profile_name}' has no judge (pixeval.judge_steps 0 or no generated scenes)")
     report = train(ctx).report
     print(f"judge: held-out accuracy {report.held_out_accuracy:.4f} ({report.steps} steps) -> {ctx.paths.outputs / STAGE}")

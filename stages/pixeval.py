@@ -23,6 +23,7 @@ from pixart.eval.pixeval import (
     load_heldout,
     numeric,
     reference_statistics,
+    save_evaluations,
     vae_ceiling,
     write_reports,
 )
@@ -77,11 +78,13 @@ def evaluate(ctx: StageContext, run: Setup, name: str, stage: StageConfig, *, st
     )
 
 
-def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics, list[dict]]:
+def evaluate_curriculum(
+    ctx: StageContext,
+) -> tuple[dict[str, StageEvaluation], dict[str, Metrics], Metrics, list[dict]]:
     """PixEval of each trained stage in curriculum order (a distilled one only when its folder
-    exists); the weak-to-strong trend: the first stage's FID minus the last diffusion stage's, with
-    its paired bootstrap interval (``trend.fid_gain``), and the caption claim (``caption_claim``);
-    and one Table 4 per LCM stage (``few_step.table4``)."""
+    exists), and its metrics with the VAE ceiling's; the weak-to-strong trend: the first stage's FID
+    minus the last diffusion stage's, with its paired bootstrap interval (``trend.fid_gain``), and the
+    caption claim (``caption_claim``); and one Table 4 per LCM stage (``few_step.table4``)."""
     profile, paths, settings = ctx.profile, ctx.paths, ctx.settings
     run = setup(ctx)
     tracking.configure(settings)
@@ -120,7 +123,7 @@ def evaluate_curriculum(ctx: StageContext) -> tuple[dict[str, Metrics], Metrics,
     trend |= caption_claim(profile, evaluations)
     tracking.log_version_metrics(versions[strong], numeric(trend))
     print(f"pixeval trend: {trend}")
-    return results, trend, tables
+    return evaluations, results, trend, tables
 
 
 def caption_claim(profile: Profile, evaluations: dict[str, StageEvaluation]) -> Metrics:
@@ -140,7 +143,8 @@ def caption_claim(profile: Profile, evaluations: dict[str, StageEvaluation]) -> 
 
 def main() -> None:
     ctx = parse(__doc__)
-    results, trend, tables = evaluate_curriculum(ctx)
+    evaluations, results, trend, tables = evaluate_curriculum(ctx)
+    save_evaluations(ctx.paths.pixeval_evaluations, evaluations)
     write_reports(ctx.paths.metrics, results)
     if tables:
         atomic.write_json(ctx.paths.metrics / "table4.json", {"tables": tables})

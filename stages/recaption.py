@@ -20,7 +20,7 @@ from PIL import Image
 from pixart import atomic, tracking
 from pixart.captions.audit import audit
 from pixart.captions.panels import panels_markdown
-from pixart.captions.recaption import captions_of, dense_captions, recaption_dataset
+from pixart.captions.recaption import captions_of, dense_captions, image_hashes, recaption_dataset
 from pixart.captions.scene_reader import SceneCaptioner
 from pixart.captions.store import CaptionStore
 from pixart.captions.vlm import VLMCaptioner
@@ -84,15 +84,17 @@ def main() -> None:
     captioner, identity = captioner_of(ctx)
     store = CaptionStore(paths.state(STAGE) / run_key(identity), rank)
     splits = {"train": paths.train_dataset(profile), "heldout": paths.heldout_data}
+    hashes = {split: image_hashes(folder) for split, folder in splits.items()}  # read once, not per step
     reports = {split: recaption_dataset(folder, captioner, store, batch_size=cfg.batch_size, rank=rank, world=world,
-                                        desc=f"recaption {split}") for split, folder in splits.items()}
+                                        desc=f"recaption {split}", hashes=hashes[split])
+               for split, folder in splits.items()}
     distributed.barrier()
     if rank != 0:
         return
     stored = store.read()
-    captions = {split: captions_of(folder, stored) for split, folder in splits.items()}
+    captions = {split: captions_of(folder, stored, hashes[split]) for split, folder in splits.items()}
     entries = load_dataset(paths.heldout_data)
-    recaptions = dense_captions(paths.heldout_data, captions["heldout"])  # per entry: an image may repeat
+    recaptions = dense_captions(paths.heldout_data, captions["heldout"], hashes["heldout"])  # per entry: an image may repeat
     sources = {"raw": [e.prompt for e in entries], "recaption": [recaptions[e.path] for e in entries],
                "truth": [e.sharegpt4v for e in entries]}
     scenes = [e.scene for e in entries]

@@ -42,8 +42,9 @@ def test_tiny_declares_the_five_claims_each_arm_from_its_stages_weak_input():
         assert arms[name].init_from == control.init_from == stage.init_from
         assert differing_fields(control, arms[name]) == sorted(ablation.changes)
         assert arms[name].steps == control.steps == (ablation.steps or stage.steps)
-    # smoke drops four by null and keeps the one with a control arm
-    assert list(SMOKE.claims()) == ["align-raw-120"] and set(SMOKE.arms()) == {"align-raw-120-control", "align-raw-120"}
+    # smoke drops three by null, keeps the one with a control arm and inherits one without
+    assert list(SMOKE.claims()) == ["align-raw-120", "kv-1024-uncompressed"]
+    assert set(SMOKE.arms()) == {"align-raw-120-control", "align-raw-120", "kv-1024-uncompressed"}
 
 
 @pytest.mark.parametrize(("mutate", "message"), [
@@ -76,10 +77,12 @@ def test_the_dag_trains_each_arm_on_its_stages_inputs_and_no_main_stage_reads_an
             assert not any(a in stage.get("deps", []) for a in (f"outputs/{arm}" for arm in TINY.arms())), name
     assert stages["ablations"]["metrics"] == ["metrics/ablations.json"]
     assert {f"outputs/{a}" for a in TINY.arms()} <= set(stages["ablations"]["deps"])
-    # a claim at its stage's own steps reads the stage as its control; one with fewer steps, its control arm
-    for name, ablation in SMOKE.claims().items():
-        assert ablation.controlled and f"{name}-control" in SMOKE.arms()
+    # a claim at its stage's own steps reads the stage as its control, from PixEval's evaluations; one
+    # with fewer steps, its control arm
+    assert SMOKE.claims()["align-raw-120"].controlled and "align-raw-120-control" in SMOKE.arms()
     assert not any(a.controlled for a in TINY.claims().values()) and "outputs/align" in stages["ablations"]["deps"]
+    assert "outputs/pixeval-evaluations" in stages["pixeval"]["outs"] and "outputs/pixeval-evaluations" in stages[
+        "ablations"]["deps"]
 
 
 def _ablation(**fields) -> AblationConfig:

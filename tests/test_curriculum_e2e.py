@@ -146,7 +146,7 @@ def test_an_ablation_row_pairs_two_arms_of_one_weak_input_differing_only_in_its_
     from pixart.eval.ablations import differing_fields
 
     root = smoke_run.root
-    (name, ablation), = SMOKE.claims().items()
+    (name, ablation), = ((n, a) for n, a in SMOKE.claims().items() if a.controlled)
     row = json.loads((root / "metrics/ablations.json").read_text())[name]
     arms = row["control"]["name"], row["ablated"]["name"]
     assert arms == (f"{name}-control", name) and ablation.controlled
@@ -178,6 +178,20 @@ def test_an_ablation_row_pairs_two_arms_of_one_weak_input_differing_only_in_its_
     assert f"│ {align} " in first, first
 
 
+def test_an_ablation_at_its_stages_steps_reads_the_stage_from_pixeval_and_renders_only_its_arm(smoke_run):
+    root = smoke_run.root
+    (name, ablation), = ((n, a) for n, a in SMOKE.claims().items() if not a.controlled)
+    row = json.loads((root / "metrics/ablations.json").read_text())[name]
+    assert (row["control"]["name"], row["ablated"]["name"]) == (ablation.stage, name)
+    pixeval = json.loads((root / "metrics/pixeval.json").read_text())[ablation.stage]
+    assert {k: row["control"][k] for k in ("fid", "seconds_per_image")} == {
+        k: pixeval[k] for k in ("fid", "seconds_per_image")}
+    assert row["stage_value"] == pixeval["fid"] and row["ablation_value"] == row["ablated"]["fid"]
+    grids = sorted(p.stem for p in (root / "metrics/ablations").glob("*.png"))
+    assert ablation.stage not in grids and name in grids, grids
+    assert row["differs_in"] == ["kv_compress_layers"]
+
+
 def test_registry_holds_one_aliased_version_per_stage_with_lineage(smoke_run):
     out = subprocess.run([str(REPO / ".venv/bin/pixart"), "lineage", "models:/pixart-sigma@kv-2k"], env=smoke_run.env,
                          capture_output=True, text=True, check=True).stdout
@@ -202,6 +216,8 @@ def test_exp_run_on_one_stage_reruns_it_and_its_downstream_only(smoke_run):
     # features re-checks its content keys (a no-op: its output is unchanged), then training re-runs
     # the changed stage and what stands on it
     assert ran & set(TRAINED) == {"kv-1024", "kv-2k"}, proc.stdout
-    assert ran - set(TRAINED) <= {"features", "pixeval"}, proc.stdout
+    # the KV ablation's arm is kv-1024's row with its change over it: it trains again, and is compared again
+    assert "kv-1024-uncompressed" in ran and "align-raw-120" not in ran, proc.stdout
+    assert ran - set(TRAINED) <= {"features", "pixeval", "kv-1024-uncompressed", "ablations"}, proc.stdout
     info = json.loads((smoke_run.root / "outputs/kv-1024/stage.json").read_text())
     assert info["step"] == 3

@@ -24,9 +24,11 @@ from pixart.eval.pixeval import (
     StageEvaluation,
     ensure_judge,
     evaluate_stage,
+    load_evaluation,
     load_heldout,
     reference_images,
     reference_statistics,
+    save_evaluations,
     vae_ceiling,
     write_reports,
 )
@@ -215,8 +217,19 @@ def test_pixeval_stage_evaluates_trained_stages_logs_them_in_the_registry_and_ad
     with pytest.raises(SystemExit, match="the judge stage trains it first"):
         evaluate_curriculum(curriculum)
     judge.train(curriculum)
-    results, trend, _ = evaluate_curriculum(curriculum)
+    evaluations, results, trend, _ = evaluate_curriculum(curriculum)
     assert list(results) == ["base", "align"]  # dmd has no folder yet: skipped
+    # what the ablations read back of a stage is what PixEval computed
+    save_evaluations(paths.pixeval_evaluations, evaluations)
+    for name, evaluation in evaluations.items():
+        back = load_evaluation(paths.pixeval_evaluations, name)
+        assert back.metrics == evaluation.metrics
+        np.testing.assert_array_equal(back.features, evaluation.features)
+        assert (back.alignment is None) == (evaluation.alignment is None)
+        if back.alignment is not None:
+            np.testing.assert_array_equal(back.alignment, evaluation.alignment)
+    with pytest.raises(FileNotFoundError, match="no PixEval of stage 'dmd'"):
+        load_evaluation(paths.pixeval_evaluations, "dmd")
     # the trend runs from the first diffusion stage to the last: their FID difference, resampled
     assert (trend["weak"], trend["strong"]) == ("base", "align")
     assert results["base"]["fid"] != results["align"]["fid"]
@@ -234,7 +247,7 @@ def test_pixeval_stage_evaluates_trained_stages_logs_them_in_the_registry_and_ad
     trained_at = judge_weights.stat().st_mtime_ns
 
     shutil.copytree(paths.stage("base"), paths.stage("dmd"))
-    results, trend, _ = evaluate_curriculum(curriculum)
+    _, results, trend, _ = evaluate_curriculum(curriculum)
     assert list(results) == ["base", "align", "dmd"]
     assert trend["strong"] == "align"  # the one-step generator is not the curriculum's strong end
     judge.train(curriculum)

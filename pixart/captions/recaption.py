@@ -48,12 +48,13 @@ def image_hashes(dataset_dir: Path) -> dict[str, str]:
 
 
 def recaption_dataset(dataset_dir: Path, captioner: Captioner, store: CaptionStore, *, batch_size: int,
-                      rank: int = 0, world: int = 1, desc: str = "recaption") -> RecaptionReport:
+                      rank: int = 0, world: int = 1, desc: str = "recaption",
+                      hashes: Mapping[str, str] | None = None) -> RecaptionReport:
     """Caption this rank's images that the store lacks, ``batch_size`` at a time, each batch stored
-    before the next begins; a progress bar shows images/s."""
+    before the next begins; a progress bar shows images/s. ``hashes``: the split's ``image_hashes``,
+    when the caller has them."""
     dataset_dir = Path(dataset_dir)
-    hashes = list(image_hashes(dataset_dir).items())
-    mine = hashes[rank::world]
+    mine = list((hashes or image_hashes(dataset_dir)).items())[rank::world]
     done = store.read()
     todo, seen = [], set(done)
     for path, digest in mine:
@@ -75,24 +76,29 @@ def recaption_dataset(dataset_dir: Path, captioner: Captioner, store: CaptionSto
     return RecaptionReport(len(mine), already, len(todo), time.perf_counter() - start)
 
 
-def split_captions(dataset_dir: Path, captions: Mapping[str, str], *, hint: str) -> list[tuple[str, str, str]]:
+def split_captions(dataset_dir: Path, captions: Mapping[str, str], *, hint: str,
+                   hashes: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
     """(path, content hash, caption) of every image of a split, in data_info.json's order; an image
     without a caption is refused by name, with ``hint`` saying what to run."""
     rows = []
-    for path, digest in image_hashes(dataset_dir).items():
+    for path, digest in (hashes or image_hashes(dataset_dir)).items():
         if digest not in captions:
             raise DatasetError(f"{Path(dataset_dir) / path}: no recaption of this image (sha256 {digest[:12]}): {hint}")
         rows.append((path, digest, captions[digest]))
     return rows
 
 
-def captions_of(dataset_dir: Path, store_captions: Mapping[str, str]) -> dict[str, str]:
+def captions_of(dataset_dir: Path, store_captions: Mapping[str, str],
+                hashes: Mapping[str, str] | None = None) -> dict[str, str]:
     """The split's captions out of a store's: content hash -> caption."""
-    rows = split_captions(dataset_dir, store_captions, hint="a rank did not finish; run the recaption stage again")
+    rows = split_captions(dataset_dir, store_captions, hint="a rank did not finish; run the recaption stage again",
+                          hashes=hashes)
     return {digest: caption for _, digest, caption in rows}
 
 
-def dense_captions(dataset_dir: Path, captions: Mapping[str, str]) -> dict[str, str]:
+def dense_captions(dataset_dir: Path, captions: Mapping[str, str],
+                   hashes: Mapping[str, str] | None = None) -> dict[str, str]:
     """Entry path -> recaption, from a split's hash -> caption map (the recaption stage's output)."""
-    rows = split_captions(dataset_dir, captions, hint="the image changed after the recaption stage ran; dvc repro")
+    rows = split_captions(dataset_dir, captions, hint="the image changed after the recaption stage ran; dvc repro",
+                          hashes=hashes)
     return {path: caption for path, _, caption in rows}

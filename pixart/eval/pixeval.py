@@ -194,6 +194,27 @@ class StageEvaluation:
     alignment: np.ndarray | None
 
 
+def save_evaluations(folder: Path, evaluations: Mapping[str, StageEvaluation]) -> None:
+    """Each evaluation as ``<folder>/<stage>.npz`` (metrics, per-prompt features and alignment), in one
+    atomic folder: what the ablations read of a stage PixEval has already rendered."""
+    with atomic.folder(folder) as tmp:
+        for name, evaluation in evaluations.items():
+            arrays = {"features": evaluation.features}
+            if evaluation.alignment is not None:
+                arrays["alignment"] = evaluation.alignment
+            np.savez(tmp / f"{name}.npz", metrics=np.array(json.dumps(evaluation.metrics)), **arrays)
+
+
+def load_evaluation(folder: Path, name: str) -> StageEvaluation:
+    """The evaluation ``save_evaluations`` wrote for stage ``name``; a missing one says which stage writes it."""
+    path = Path(folder) / f"{name}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no PixEval of stage '{name}' (the pixeval stage writes it)")
+    with np.load(path) as saved:
+        alignment = saved["alignment"] if "alignment" in saved.files else None
+        return StageEvaluation(json.loads(str(saved["metrics"])), saved["features"], alignment)
+
+
 def evaluate_stage(
     stage_dir: Path,
     prompts: Sequence[str],
