@@ -200,13 +200,16 @@ def test_registry_holds_one_aliased_version_per_stage_with_lineage(smoke_run):
     assert positions == sorted(positions), out
 
 
-def test_second_repro_is_a_noop_within_5_seconds(smoke_run):
+def test_second_repro_is_a_noop_costing_under_5_percent_of_the_build(smoke_run):
+    """Bounded by the build it skips, timed on the same machine: CI machines differ 2x in speed, and on
+    a slow one a no-op took 6.7 s of a 229 s build (a fixed 5 s bound failed there); re-running a stage
+    or re-hashing every output would cost far more."""
     start = time.perf_counter()
     proc = dvc(smoke_run, "repro")
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
     assert "Running stage" not in proc.stdout
-    assert elapsed <= 5.0, f"no-op repro took {elapsed:.1f} s"
+    assert elapsed <= 0.05 * smoke_run.seconds, f"no-op repro took {elapsed:.1f} s of a {smoke_run.seconds:.0f} s build"
 
 
 def test_exp_run_on_one_stage_reruns_it_and_its_downstream_only(smoke_run):
