@@ -12,8 +12,9 @@ Without the variable, or with no worker answering, a stage runs in its own proce
 The worker refuses (and the stage runs in its own process) when the request could see other code or
 settings than a fresh process would: another project folder, a module file changed since the
 imports (then the worker also restarts itself), or a different value of a variable that libraries
-read at import time. Forking is safe because the worker only imports: no torch op has run, so no
-OpenMP pool or other thread is lost in the copy.
+read at import time (but for a launcher's OMP_NUM_THREADS, which the copy applies itself). Forking
+is safe because the worker only imports: no torch op has run, so no OpenMP pool or other thread is
+lost in the copy.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ PRELOAD = ("torch", "diffusers", "transformers", "mlflow", "deepspeed", "pixart.
            "pixart.train.trainer", "pixart.train.vae", "pixart.train.dmd", "pixart.eval.pixeval", "pixart.data.features")
 # variables that libraries read once, at import: a request must agree with the worker on them
 IMPORT_TIME_PREFIXES = ("HF_", "TRANSFORMERS_", "DS_", "TORCH_", "CUDA_", "OMP_", "MKL_", "PYTHON")
+# Set for every rank by torchrun (both) and the deepspeed launcher (the first): a copy may differ from
+# the worker in them, so that the ranks of a multi-process stage fork instead of importing for 10+ s
+# each. Of what was imported only the thread pools depend on the first, and no op has sized them yet:
+# a copy sizes them itself (``_size_threads``). NCCL reads the second when a process group is made.
+THREADS, PER_RANK = "OMP_NUM_THREADS", ("OMP_NUM_THREADS", "TORCH_NCCL_ASYNC_ERROR_HANDLING")
 _HEADER = struct.Struct("!I")
 _STREAMS = 3  # stdin, stdout, stderr
 
@@ -91,6 +97,30 @@ def delegate(package: str) -> None:
 
 def _import_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_PREFIXES)}
+
+
+def _threads(env: dict[str, str]) -> int | None:
+    """The thread count a request sets for its copy to apply, or None (then it must match the worker's)."""
+    value = env.get(THREADS, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def _same_import_env(request: dict[str, str], worker: dict[str, str]) -> bool:
+    theirs, ours = _import_env(request), _import_env(worker)
+    for name in PER_RANK:
+        if name in theirs and (name != THREADS or _threads(request) is not None):
+            theirs.pop(name)
+            ours.pop(name, None)
+    return theirs == ours
+
+
+def _size_threads(count: int) -> None:
+    """Size torch's and the BLAS libraries' thread pools as ``count`` in a fresh process would."""
+    from threadpoolctl import threadpool_limits
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(count)
+    threadpool_limits(count, user_api="blas")
 
 
 def _module_files() -> dict[str, int]:
@@ -155,6 +185,8 @@ def _run_stage(conn: socket.socket, request: dict, fds: list[int]) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        if (count := _threads(request["env"])) is not None:
+            _size_threads(count)
         for sig in (signal.SIGCHLD, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -191,7 +223,7 @@ def serve(path: Path, preload: tuple[str, ...] = PRELOAD) -> None:
         importlib.import_module(name)
     if threading.active_count() > 1:
         raise RuntimeError(f"pixart worker: importing {preload} started threads; forking would lose them")
-    files, root, env = _module_files(), os.getcwd(), _import_env(dict(os.environ))
+    files, root, env = _module_files(), os.getcwd(), dict(os.environ)
     path, bound = Path(path), Path(f"{path}.bind")
     bound.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -214,7 +246,7 @@ def serve(path: Path, preload: tuple[str, ...] = PRELOAD) -> None:
             refusal = (
                 f"it serves {root}, not {request['cwd']}" if request["cwd"] != root
                 else f"{changed} changed since it started" if changed
-                else "the import-time environment differs" if _import_env(request["env"]) != env
+                else "the import-time environment differs" if not _same_import_env(request["env"], env)
                 else None
             )  # fmt: skip
             if refusal:

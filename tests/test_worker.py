@@ -109,3 +109,36 @@ def test_a_signalled_or_killed_stage_process_stops_the_fork(project, worker, sig
             break
         time.sleep(0.1)
     assert forks.split() == []
+
+
+
+THREADS = """
+import os, sys, torch
+from threadpoolctl import threadpool_info
+blas = {d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
+print("rank", os.environ["RANK"], "ppid", os.getppid(), "torch threads", torch.get_num_threads(), "blas threads", blas)
+"""
+
+
+def test_the_ranks_torchrun_starts_fork_from_the_worker_sized_as_fresh_processes(project, tmp_path):
+    """torchrun gives each rank OMP_NUM_THREADS=1 (and an NCCL variable): the ranks still fork, with
+    the thread count a fresh process would take from it, not the worker's."""
+    (project / "stages" / "threads.py").write_text(THREADS)
+    path = tmp_path / "w.sock"
+    code = f"from pixart.worker import serve; serve({str(path)!r}, ('torch', 'numpy', 'stages.helper'))"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=project, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    try:
+        deadline = time.monotonic() + 60
+        while not path.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "worker did not start"
+            time.sleep(0.05)
+        torchrun = Path(sys.executable).parent / "torchrun"
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # torchrun sets 1 where unset
+        done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "stages.threads"],
+                              cwd=project, env={**env, ENV: str(path)}, capture_output=True, text=True, check=True)
+        for rank in (0, 1):
+            assert f"rank {rank} ppid {proc.pid} torch threads 1 blas threads {{1}}" in done.stdout, (
+                done.stdout + done.stderr)
+    finally:
+        proc.kill()
+        proc.wait()
