@@ -12,9 +12,9 @@ Without the variable, or with no worker answering, a stage runs in its own proce
 The worker refuses (and the stage runs in its own process) when the request could see other code or
 settings than a fresh process would: another project folder, a module file changed since the
 imports (then the worker also restarts itself), or a different value of a variable that libraries
-read at import time (but for a launcher's OMP_NUM_THREADS, which the copy applies itself). Forking
-is safe because the worker only imports: no torch op has run, so no OpenMP pool or other thread is
-lost in the copy.
+read at import time (but for those a launcher sets per rank, ``PER_RANK``). Forking is safe
+because the worker only imports: no torch op has run, so no OpenMP pool or other thread is lost in
+the copy.
 """
 
 from __future__ import annotations

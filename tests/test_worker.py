@@ -34,15 +34,21 @@ def project(tmp_path):
     return tmp_path
 
 
-@pytest.fixture
-def worker(project):
-    path = Path(f"/tmp/pixart-test-worker-{os.getpid()}.sock")
-    code = f"from pixart.worker import serve; serve({str(path)!r}, ('stages.helper',))"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=project)
+def start_worker(project, path, preload=("stages.helper",), env=None):
+    """A worker serving ``path`` from ``project`` with ``preload`` imported, once it accepts."""
+    code = f"from pixart.worker import serve; serve({str(path)!r}, {tuple(preload)!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=project, env=env)
     deadline = time.monotonic() + 60
     while not path.exists():
         assert proc.poll() is None and time.monotonic() < deadline, "worker did not start"
         time.sleep(0.05)
+    return proc
+
+
+@pytest.fixture
+def worker(project):
+    path = Path(f"/tmp/pixart-test-worker-{os.getpid()}.sock")
+    proc = start_worker(project, path)
     yield proc, path
     proc.kill()
     proc.wait()
@@ -111,7 +117,6 @@ def test_a_signalled_or_killed_stage_process_stops_the_fork(project, worker, sig
     assert forks.split() == []
 
 
-
 THREADS = """
 import os, sys, torch
 from threadpoolctl import threadpool_info
@@ -125,13 +130,8 @@ def test_the_ranks_torchrun_starts_fork_from_the_worker_sized_as_fresh_processes
     the thread count a fresh process would take from it, not the worker's."""
     (project / "stages" / "threads.py").write_text(THREADS)
     path = tmp_path / "w.sock"
-    code = f"from pixart.worker import serve; serve({str(path)!r}, ('torch', 'numpy', 'stages.helper'))"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=project, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    proc = start_worker(project, path, ("torch", "numpy", "stages.helper"), {**os.environ, "OMP_NUM_THREADS": "2"})
     try:
-        deadline = time.monotonic() + 60
-        while not path.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "worker did not start"
-            time.sleep(0.05)
         torchrun = Path(sys.executable).parent / "torchrun"
         env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # torchrun sets 1 where unset
         done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "stages.threads"],
